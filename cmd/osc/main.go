@@ -1,0 +1,125 @@
+// Command osc changes a table's definition online. It is a thin wrapper
+// over package migration: flags in, exit code and an optional JSON result
+// out, structured logs on stderr.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/osc-dev/osc/migration"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := pflag.NewFlagSet("osc", pflag.ContinueOnError)
+	fs.SortFlags = false
+	var o migration.Options
+	var passwordFile, logFormat string
+	var lockTimeout int
+	var resultJSON, verbose bool
+	fs.StringVar(&o.Driver, "driver", "mysql", "database driver: mysql (MySQL and MariaDB)")
+	fs.StringVar(&o.Host, "host", "127.0.0.1", "server host")
+	fs.IntVar(&o.Port, "port", 3306, "server port")
+	fs.StringVar(&o.User, "user", "", "user name")
+	fs.StringVar(&o.Password, "password", "", "password (visible in ps: prefer OSC_PASSWORD or --password-file)")
+	fs.StringVar(&passwordFile, "password-file", "", "read the password from this file")
+	fs.StringVar(&o.Database, "database", "", "database (schema) of the table")
+	fs.StringVar(&o.Table, "table", "", "table to change")
+	fs.StringVar(&o.Alter, "alter", "", `ALTER clauses without "ALTER TABLE t", e.g. "ADD COLUMN x INT NOT NULL DEFAULT 0"`)
+	fs.BoolVar(&o.Execute, "execute", false, "apply the change; without it osc only checks and prints the plan")
+	fs.IntVar(&o.ChunkSize, "chunk-size", 1000, "rows per copy chunk")
+	fs.IntVar(&lockTimeout, "cut-over-lock-timeout-seconds", 3, "longest lock wait of one cut-over attempt")
+	fs.IntVar(&o.CutOverAttempts, "cut-over-attempts", 10, "cut-over attempts before giving up")
+	fs.BoolVar(&o.DropOldTable, "drop-old-table", false, "drop the original table after cut-over instead of keeping it as _<table>_old")
+	fs.BoolVar(&o.InitiallyDropShadow, "initially-drop-shadow-table", false, "drop shadow and changelog tables left by an earlier run")
+	fs.BoolVar(&o.InitiallyDropOld, "initially-drop-old-table", false, "drop an old table (_<table>_old) kept by an earlier run")
+	fs.StringVar(&o.ThrottleFlagFile, "throttle-flag-file", "", "pause the copy while this file exists")
+	fs.DurationVar(&o.StatusInterval, "status-interval", 0, "status line interval (default: adaptive)")
+	fs.BoolVar(&resultJSON, "result-json", false, "print the result as JSON on stdout")
+	fs.StringVar(&logFormat, "log-format", "console", "log format on stderr: console or json")
+	fs.BoolVar(&verbose, "verbose", false, "debug logging")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "osc: online schema change for MySQL/MariaDB\n\nusage: osc --host H --port P --user U --database D --table T --alter CLAUSES [--execute]\n\n%s\nexit codes: 0 applied (or dry run ok), 1 failed (original table authoritative), 2 usage or invalid ALTER, 3 refused by preflight\n", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == pflag.ErrHelp {
+			return 0
+		}
+		return migration.ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "osc: unexpected arguments %q (quote the --alter clauses as one argument)\n", fs.Args())
+		return migration.ExitUsage
+	}
+	o.CutOverLockTimeout = time.Duration(lockTimeout) * time.Second
+	log, err := newLogger(logFormat, verbose)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "osc:", err)
+		return migration.ExitUsage
+	}
+	defer log.Sync()
+	o.Logger = log
+	if o.Password, err = password(o.Password, passwordFile); err != nil {
+		log.Error("reading the password", zap.Error(err))
+		return migration.ExitUsage
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := migration.Run(ctx, o)
+	if err != nil {
+		log.Error("osc stopped", zap.Int("exit_code", res.ExitCode), zap.Error(err))
+	}
+	if resultJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(res)
+	}
+	return res.ExitCode
+}
+
+// password takes --password, else --password-file, else OSC_PASSWORD.
+func password(flag, file string) (string, error) {
+	switch {
+	case flag != "":
+		return flag, nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+	return os.Getenv("OSC_PASSWORD"), nil
+}
+
+func newLogger(format string, verbose bool) (*zap.Logger, error) {
+	cfg := zap.NewProductionConfig()
+	cfg.OutputPaths = []string{"stderr"}
+	cfg.Sampling = nil
+	switch format {
+	case "json":
+	case "console":
+		cfg.Encoding = "console"
+		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+	default:
+		return nil, fmt.Errorf("unknown --log-format %q (console or json)", format)
+	}
+	if verbose {
+		cfg.Level = zap.NewAtomicLevelAt(zap.DebugLevel)
+	}
+	return cfg.Build()
+}

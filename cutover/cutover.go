@@ -1,0 +1,61 @@
+// Package cutover retries the swap of the shadow table for the original.
+// Each attempt holds locks for at most the lock timeout; a failed attempt
+// leaves the original in place and unlocked, and the next one starts after
+// a backoff with jitter so that osc never queues behind (and in front of)
+// the application for long.
+package cutover
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// AttemptFunc makes one cut-over attempt with the given lock timeout.
+type AttemptFunc func(ctx context.Context, lockTimeout time.Duration) error
+
+// Policy bounds the retries.
+type Policy struct {
+	LockTimeout time.Duration // per attempt
+	MaxAttempts int
+	// Backoff is the pause after the first failure; it doubles up to
+	// MaxBackoff, with up to 50% jitter added.
+	Backoff, MaxBackoff time.Duration
+}
+
+// Run calls attempt until it succeeds, ctx ends, or the attempts run out.
+func Run(ctx context.Context, p Policy, log *zap.Logger, attempt AttemptFunc) error {
+	if p.MaxAttempts < 1 {
+		p.MaxAttempts = 1
+	}
+	backoff := p.Backoff
+	var last error
+	for i := 1; i <= p.MaxAttempts; i++ {
+		start := time.Now()
+		err := attempt(ctx, p.LockTimeout)
+		if err == nil {
+			log.Info("cut-over done", zap.Int("attempt", i), zap.Duration("took", time.Since(start)))
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		last = err
+		if i == p.MaxAttempts {
+			break
+		}
+		wait := backoff + time.Duration(rand.Int64N(int64(backoff)/2+1))
+		log.Warn("cut-over attempt failed; the original table is in place and unlocked, retrying",
+			zap.Int("attempt", i), zap.Int("max_attempts", p.MaxAttempts), zap.Duration("retry_in", wait), zap.Error(err))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, p.MaxBackoff)
+	}
+	return fmt.Errorf("cut-over failed after %d attempts, last: %w", p.MaxAttempts, last)
+}

@@ -1,0 +1,69 @@
+// Package engine is the contract between the database-neutral orchestrator
+// (package migration) and one database's implementation (package mysqldb;
+// PostgreSQL follows). Everything database-specific — SQL text,
+// introspection, change capture, the swap — lives behind this interface.
+package engine
+
+import (
+	"context"
+	"time"
+
+	"github.com/osc-dev/osc/alter"
+	"github.com/osc-dev/osc/applier"
+	"github.com/osc-dev/osc/copier"
+	"github.com/osc-dev/osc/replication"
+)
+
+// Engine is one database's implementation of an online ALTER.
+type Engine interface {
+	// Preflight checks the server, privileges and the table without changing
+	// anything. A reason to refuse is returned as a *Refusal.
+	Preflight(ctx context.Context) error
+	// CreateShadow creates the shadow table, applies the clauses to it and
+	// describes the result. An ALTER the server rejects is a *Usage error.
+	CreateShadow(ctx context.Context, c *alter.Clauses) (*Plan, error)
+	// StartCapture starts the change stream at the current position, before
+	// any row is copied, and creates whatever the markers need.
+	StartCapture(ctx context.Context) (replication.Stream, error)
+	// WriteMarker writes a marker that reaches the stream in commit order.
+	WriteMarker(ctx context.Context, kind, value string) error
+	// Source copies rows of the table into the shadow, chunk by chunk.
+	Source() copier.Source
+	// Writer applies captured changes to the shadow.
+	Writer() applier.Writer
+	// Swap attempts one cut-over: it must leave the original table in place
+	// and unlocked when it fails. drain is called once writes to the table
+	// are blocked; it returns when every change up to that point is applied.
+	Swap(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error) error
+	// Cleanup drops what the run created (shadow unless swapped, capture
+	// objects, sentry, changelog). keepOld keeps the renamed original.
+	Cleanup(ctx context.Context, swapped, keepOld bool) error
+	Close() error
+}
+
+// Plan is what a run will do, shown by a dry run.
+type Plan struct {
+	Schema, Table string
+	Shadow        string // shadow table, becomes Table at cut-over
+	Old           string // name the original gets at cut-over
+	// ShadowDefinition is the shadow's definition as the server produced it.
+	ShadowDefinition string
+	Columns          []ColumnMapping
+	Key              []string // chunking key columns (shared unique key)
+	KeyName          string
+	RowEstimate      int64
+	Path             string // how the change is made, e.g. "online copy"
+}
+
+// ColumnMapping maps one source column to its shadow column.
+type ColumnMapping struct{ Source, Target string }
+
+// Refusal is a preflight reason not to run; nothing was changed.
+type Refusal struct{ Reason string }
+
+func (r *Refusal) Error() string { return "refused: " + r.Reason }
+
+// Usage is invalid input from the user (options or the ALTER); nothing was changed.
+type Usage struct{ Reason string }
+
+func (u *Usage) Error() string { return "invalid input: " + u.Reason }

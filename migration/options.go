@@ -1,0 +1,119 @@
+// Package migration is osc's library API and its orchestrator: Run takes
+// Options and returns a Result, for the CLI and for migration runners
+// alike. It walks the stages of DESIGN.md §1 in order; every
+// database-specific step is behind engine.Engine.
+package migration
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/osc-dev/osc/engine"
+)
+
+// Options configure one online ALTER of one table.
+type Options struct {
+	Driver   string // "mysql" (MySQL and MariaDB); default "mysql"
+	Host     string
+	Port     int
+	User     string
+	Password string // never logged
+	Database string
+	Table    string
+	// Alter is the ALTER clause list without "ALTER TABLE t", e.g.
+	// "ADD COLUMN x INT NOT NULL DEFAULT 0".
+	Alter string
+	// Execute runs the change; without it Run stops after the plan and
+	// leaves nothing behind.
+	Execute bool
+
+	ChunkSize          int           // rows per copy chunk; default 1000
+	CutOverLockTimeout time.Duration // per cut-over attempt; default 3s
+	CutOverAttempts    int           // default 10
+	DropOldTable       bool          // drop the original after cut-over instead of keeping it as _T_old
+	// InitiallyDropShadow drops shadow/changelog tables left by an earlier run.
+	InitiallyDropShadow bool
+	// InitiallyDropOld drops an old table (_T_old) kept by an earlier run.
+	InitiallyDropOld bool
+	ThrottleFlagFile string        // copy pauses while this file exists
+	StatusInterval   time.Duration // 0: adaptive (often at start and end)
+	Logger           *zap.Logger   // default: no logging
+}
+
+func (o *Options) defaults() {
+	if o.Driver == "" {
+		o.Driver = "mysql"
+	}
+	if o.ChunkSize == 0 {
+		o.ChunkSize = 1000
+	}
+	if o.CutOverLockTimeout == 0 {
+		o.CutOverLockTimeout = 3 * time.Second
+	}
+	if o.CutOverAttempts == 0 {
+		o.CutOverAttempts = 10
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+}
+
+func (o *Options) validate() error {
+	var missing []string
+	for _, f := range []struct{ name, v string }{{"host", o.Host}, {"user", o.User}, {"database", o.Database}, {"table", o.Table}, {"alter", o.Alter}} {
+		if f.v == "" {
+			missing = append(missing, "--"+f.name)
+		}
+	}
+	if len(missing) > 0 {
+		return &engine.Usage{Reason: fmt.Sprintf("missing %v", missing)}
+	}
+	if o.Driver != "mysql" {
+		return &engine.Usage{Reason: fmt.Sprintf("unknown driver %q (supported: mysql)", o.Driver)}
+	}
+	if o.Port <= 0 || o.Port > 65535 {
+		return &engine.Usage{Reason: fmt.Sprintf("invalid port %d", o.Port)}
+	}
+	if o.ChunkSize < 1 || o.CutOverAttempts < 1 || o.CutOverLockTimeout < time.Second {
+		return &engine.Usage{Reason: "chunk size and cut-over attempts must be positive, the cut-over lock timeout at least 1s"}
+	}
+	return nil
+}
+
+// Result describes what a run did.
+type Result struct {
+	Applied       bool          `json:"applied"` // the table now has the new definition
+	Plan          *engine.Plan  `json:"plan,omitempty"`
+	RowsCopied    int64         `json:"rows_copied"`
+	EventsApplied int64         `json:"events_applied"`
+	OldTable      string        `json:"old_table,omitempty"` // original kept under this name
+	Duration      time.Duration `json:"duration_ns"`
+	Error         string        `json:"error,omitempty"`
+	ExitCode      int           `json:"exit_code"`
+}
+
+// Exit codes, stable for scripts and migration runners.
+const (
+	ExitApplied = 0 // applied, or a dry run that found nothing wrong
+	ExitFailed  = 1 // failed; the original table is authoritative and unchanged
+	ExitUsage   = 2 // invalid options or ALTER; nothing was changed
+	ExitRefused = 3 // refused by preflight; nothing was changed
+)
+
+// ExitCode maps an error returned by Run to the process exit code.
+func ExitCode(err error) int {
+	var u *engine.Usage
+	var r *engine.Refusal
+	switch {
+	case err == nil:
+		return ExitApplied
+	case errors.As(err, &u):
+		return ExitUsage
+	case errors.As(err, &r):
+		return ExitRefused
+	}
+	return ExitFailed
+}

@@ -1,0 +1,368 @@
+package migration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/osc-dev/osc/alter"
+	"github.com/osc-dev/osc/applier"
+	"github.com/osc-dev/osc/copier"
+	"github.com/osc-dev/osc/cutover"
+	"github.com/osc-dev/osc/engine"
+	"github.com/osc-dev/osc/mysqldb"
+	"github.com/osc-dev/osc/replication"
+	"github.com/osc-dev/osc/status"
+	"github.com/osc-dev/osc/throttle"
+)
+
+// Marker kinds written to the changelog and read back from the stream.
+const (
+	markerSync      = "sync"      // the applier has reached this point
+	markerBarrier   = "barrier"   // cut-over: everything before it is applied
+	markerHeartbeat = "heartbeat" // replication delay of the stream itself
+)
+
+// errSwapped stops the applier once the tables are swapped: events after
+// the barrier belong to the new table.
+var errSwapped = errors.New("tables swapped")
+
+// Run performs (or, without Execute, plans) one online ALTER. The error,
+// if any, says what happened and in which state the table was left;
+// ExitCode classifies it.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	o.defaults()
+	start := time.Now()
+	res := &Result{}
+	err := run(ctx, &o, res)
+	res.Duration = time.Since(start)
+	res.ExitCode = ExitCode(err)
+	if err != nil {
+		res.Error = err.Error()
+	}
+	return res, err
+}
+
+func run(ctx context.Context, o *Options, res *Result) (err error) {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	clauses, err := alter.Parse(o.Alter, alter.MySQL)
+	if err != nil {
+		return &engine.Usage{Reason: err.Error()}
+	}
+	log := o.Logger.With(zap.String("database", o.Database), zap.String("table", o.Table))
+	eng, err := newEngine(ctx, o, log)
+	if err != nil {
+		return fmt.Errorf("%w; nothing was changed", err)
+	}
+	defer eng.Close()
+
+	// 1. preflight: refuse before touching anything.
+	if err := eng.Preflight(ctx); err != nil {
+		return err
+	}
+	// From here on osc creates objects; every exit path removes them.
+	swapped := false
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		cerr := eng.Cleanup(cctx, swapped, swapped && !o.DropOldTable)
+		switch {
+		case cerr != nil:
+			log.Error("cleanup failed", zap.Error(cerr))
+			err = errors.Join(err, fmt.Errorf("cleanup failed, drop osc's helper tables by hand (or rerun with --initially-drop-shadow-table): %w", cerr))
+		case err != nil && ExitCode(err) == ExitFailed:
+			err = fmt.Errorf("%w; the original table is unchanged and authoritative, and osc removed what it had created", err)
+		}
+	}()
+
+	// 2. plan: the shadow with the ALTER applied, as the server built it.
+	plan, err := eng.CreateShadow(ctx, clauses)
+	if err != nil {
+		return err
+	}
+	res.Plan = plan
+	log.Info("plan", zap.String("shadow", plan.Shadow), zap.String("path", plan.Path),
+		zap.Strings("key", plan.Key), zap.Int64("row_estimate", plan.RowEstimate),
+		zap.Any("columns", plan.Columns), zap.String("shadow_definition", plan.ShadowDefinition))
+	if !o.Execute {
+		log.Info("dry run: nothing was changed; rerun with --execute to apply")
+		return nil
+	}
+
+	r := &runner{o: o, eng: eng, log: log, plan: plan, waiters: map[string]chan struct{}{}}
+	swapped, err = r.execute(ctx)
+	res.RowsCopied, res.EventsApplied = r.counters()
+	if err != nil {
+		return err
+	}
+	res.Applied = true
+	if !o.DropOldTable {
+		res.OldTable = plan.Old
+	}
+	return nil
+}
+
+func newEngine(ctx context.Context, o *Options, log *zap.Logger) (engine.Engine, error) {
+	return mysqldb.New(ctx, mysqldb.Config{
+		Host: o.Host, Port: o.Port, User: o.User, Password: o.Password,
+		Database: o.Database, Table: o.Table,
+		InitiallyDropShadow: o.InitiallyDropShadow, InitiallyDropOld: o.InitiallyDropOld,
+		Logger: log,
+	})
+}
+
+// runner holds the state of an executing run.
+type runner struct {
+	o    *Options
+	eng  engine.Engine
+	log  *zap.Logger
+	plan *engine.Plan
+
+	track     *status.Tracker
+	copier    *copier.Copier
+	applier   *applier.Applier
+	throttler *throttle.Throttler
+	state     atomic.Value // string
+	lagNanos  atomic.Int64 // stream delay seen on the last heartbeat
+
+	mu      sync.Mutex
+	waiters map[string]chan struct{} // sync markers by token
+	barrier *barrier
+}
+
+// barrier is the cut-over's drain point. The applier stops at it until the
+// swap attempt ends: after a swap nothing more may be applied, after a
+// failed attempt the applier goes on.
+type barrier struct {
+	token   string
+	reached chan struct{}
+	release chan struct{}
+	swapped bool
+}
+
+func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
+	r.state.Store("starting")
+	r.track = status.NewTracker(time.Now())
+	// 3. capture starts before the first row is copied.
+	stream, err := r.eng.StartCapture(ctx)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	r.applier = applier.New(stream, r.eng.Writer(), r.onMarker, 1000)
+	r.throttler = throttle.New(100 * time.Millisecond)
+	if r.o.ThrottleFlagFile != "" {
+		r.throttler.AddCheck("flag-file", throttle.FlagFile(r.o.ThrottleFlagFile))
+	}
+	r.copier = copier.New(r.eng.Source(), r.throttler, r.catchUp, r.o.ChunkSize)
+
+	var bg sync.WaitGroup
+	defer bg.Wait()
+	actx, stopApplier := context.WithCancel(ctx)
+	defer stopApplier()
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		if err := r.applier.Run(actx); err != nil && !errors.Is(err, errSwapped) && actx.Err() == nil {
+			cancel(err)
+		}
+	}()
+	bg.Add(2)
+	go func() { defer bg.Done(); r.heartbeat(actx) }()
+	go func() { defer bg.Done(); r.report(actx) }()
+	// A failure anywhere cancels ctx with its cause; report the cause.
+	defer func() {
+		if err != nil && context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.Canceled) {
+			err = context.Cause(ctx)
+		}
+	}()
+
+	// The first sync marker proves the stream is live end to end.
+	if err := r.catchUp(ctx); err != nil {
+		return false, fmt.Errorf("waiting for the change stream to start: %w", err)
+	}
+	// 4. copy, while the applier applies concurrent writes.
+	r.state.Store("copying")
+	if err := r.copier.Run(ctx); err != nil {
+		return false, err
+	}
+	r.state.Store("catching up")
+	if err := r.catchUp(ctx); err != nil {
+		return false, err
+	}
+	// 5. cut over.
+	r.state.Store("cutting over")
+	policy := cutover.Policy{LockTimeout: r.o.CutOverLockTimeout, MaxAttempts: r.o.CutOverAttempts,
+		Backoff: 500 * time.Millisecond, MaxBackoff: 10 * time.Second}
+	err = cutover.Run(ctx, policy, r.log, func(ctx context.Context, timeout time.Duration) error {
+		// Start each attempt caught up, so the drain under the lock is short.
+		if err := r.catchUp(ctx); err != nil {
+			return err
+		}
+		err := r.eng.Swap(ctx, timeout, r.drain)
+		r.release(err == nil)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	r.state.Store("done")
+	stopApplier()
+	r.log.Info("done: the table has its new definition", zap.String("status", r.snapshot().String()))
+	return true, nil
+}
+
+func (r *runner) counters() (copied, applied int64) {
+	if r.copier != nil {
+		copied = r.copier.Copied()
+	}
+	if r.applier != nil {
+		applied = r.applier.Applied()
+	}
+	return copied, applied
+}
+
+func token() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// catchUp writes a sync marker and waits until the applier has applied
+// everything before it.
+func (r *runner) catchUp(ctx context.Context) error {
+	t := token()
+	ch := make(chan struct{})
+	r.mu.Lock()
+	r.waiters[t] = ch
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.waiters, t)
+		r.mu.Unlock()
+	}()
+	if err := r.eng.WriteMarker(ctx, markerSync, t); err != nil {
+		return fmt.Errorf("writing a sync marker: %w", err)
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// drain is called by the engine's swap once writes to the table are
+// blocked: it returns when the applier has applied everything up to a
+// barrier written now, and leaves the applier parked at it.
+func (r *runner) drain(ctx context.Context) error {
+	b := &barrier{token: token(), reached: make(chan struct{}), release: make(chan struct{})}
+	r.mu.Lock()
+	r.barrier = b
+	r.mu.Unlock()
+	if err := r.eng.WriteMarker(ctx, markerBarrier, b.token); err != nil {
+		return fmt.Errorf("writing the cut-over barrier: %w", err)
+	}
+	select {
+	case <-b.reached:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("the applier did not reach the barrier in time: %w", context.Cause(ctx))
+	}
+}
+
+// release ends the swap attempt for a parked applier.
+func (r *runner) release(swapped bool) {
+	r.mu.Lock()
+	b := r.barrier
+	r.barrier = nil
+	r.mu.Unlock()
+	if b != nil {
+		b.swapped = swapped
+		close(b.release)
+	}
+}
+
+func (r *runner) onMarker(ctx context.Context, m replication.Marker) error {
+	switch m.Kind {
+	case markerHeartbeat:
+		if ns, err := strconv.ParseInt(m.Value, 10, 64); err == nil {
+			r.lagNanos.Store(time.Now().UnixNano() - ns)
+		}
+	case markerSync:
+		r.mu.Lock()
+		if ch, ok := r.waiters[m.Value]; ok {
+			close(ch)
+			delete(r.waiters, m.Value)
+		}
+		r.mu.Unlock()
+	case markerBarrier:
+		r.mu.Lock()
+		b := r.barrier
+		r.mu.Unlock()
+		if b == nil || b.token != m.Value {
+			return nil // an attempt that already gave up
+		}
+		close(b.reached)
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if b.swapped {
+			return errSwapped
+		}
+	}
+	return nil
+}
+
+func (r *runner) heartbeat(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := r.eng.WriteMarker(ctx, markerHeartbeat, strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil && ctx.Err() == nil {
+				r.log.Warn("writing heartbeat", zap.Error(err))
+			}
+		}
+	}
+}
+
+func (r *runner) snapshot() status.Snapshot {
+	copied, applied := r.counters()
+	done := r.copier != nil && r.copier.Done()
+	s := r.track.Snapshot(time.Now(), r.state.Load().(string), copied, r.plan.RowEstimate, applied,
+		r.applier.Backlog(), r.throttler.Current(), done)
+	s.LagMillis = time.Duration(r.lagNanos.Load()).Milliseconds()
+	return s
+}
+
+func (r *runner) report(ctx context.Context) {
+	for {
+		s := r.snapshot()
+		interval := r.o.StatusInterval
+		if interval == 0 {
+			interval = status.NextReport(s.Elapsed, s.Percent)
+		}
+		r.log.Info(s.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}

@@ -1,0 +1,132 @@
+// Package mysqldb is osc's MySQL/MariaDB engine: every piece of MySQL SQL,
+// introspection, binlog capture set-up and the cut-over algorithm live here,
+// behind engine.Engine.
+package mysqldb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"go.uber.org/zap"
+
+	"github.com/osc-dev/osc/alter"
+	"github.com/osc-dev/osc/replication/binlog"
+)
+
+// Config says where the table is and how to treat leftovers.
+type Config struct {
+	Host     string
+	Port     int
+	User     string
+	Password string
+	Database string
+	Table    string
+	// InitiallyDropShadow drops the shadow, changelog and sentry tables an
+	// earlier run left behind; without it they make preflight refuse.
+	InitiallyDropShadow bool
+	// InitiallyDropOld drops an old table (_T_old) an earlier run kept.
+	InitiallyDropOld bool
+	Logger           *zap.Logger
+}
+
+// sessionSQLMode is strict so that the applier's UPDATEs fail rather than
+// truncate, and allows zero dates so that rows the application stored under
+// a permissive mode copy as they are. NO_AUTO_VALUE_ON_ZERO keeps id 0 as 0.
+const sessionSQLMode = "'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'"
+
+// Engine implements engine.Engine for MySQL and MariaDB.
+type Engine struct {
+	cfg Config
+	log *zap.Logger
+	// meta runs DDL, introspection, markers and the cut-over in utf8mb4.
+	meta *sql.DB
+	// data copies and applies rows. Its connection charset is binary so
+	// that raw bytes from the binlog reach the server untranslated; each
+	// string parameter is CONVERTed to its column's charset in the SQL.
+	data *sql.DB
+
+	flavor  string // "mariadb" or "mysql"
+	version string
+
+	names         names
+	src           *table // source table, from Preflight
+	shadow        *table // shadow table, from CreateShadow
+	mapping       []colPair
+	key           *index // chunking key in the source
+	shadowKeyName string
+
+	reader *binlog.Reader
+	// What this run created, so that cleanup never drops a leftover that
+	// preflight refused to touch.
+	createdShadow, createdChangelog bool
+}
+
+type names struct{ table, shadow, old, changelog string }
+
+func newNames(t string) names {
+	return names{table: t, shadow: "_" + t + "_new", old: "_" + t + "_old", changelog: "_" + t + "_osc"}
+}
+
+// New connects to the server. The password is only handed to the driver.
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	e := &Engine{cfg: cfg, log: cfg.Logger, names: newNames(cfg.Table)}
+	var err error
+	if e.meta, err = open(cfg, "utf8mb4_general_ci"); err != nil {
+		return nil, err
+	}
+	if e.data, err = open(cfg, "binary"); err != nil {
+		e.meta.Close()
+		return nil, err
+	}
+	if err := e.meta.QueryRowContext(ctx, "SELECT VERSION()").Scan(&e.version); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("connecting to %s as %q: %w", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)), cfg.User, err)
+	}
+	e.flavor = "mysql"
+	if strings.Contains(strings.ToLower(e.version), "mariadb") {
+		e.flavor = "mariadb"
+	}
+	return e, nil
+}
+
+func open(cfg Config, collation string) (*sql.DB, error) {
+	c := mysql.NewConfig()
+	c.User = cfg.User
+	c.Passwd = cfg.Password
+	c.Net = "tcp"
+	c.Addr = net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+	c.DBName = cfg.Database
+	c.Collation = collation
+	c.InterpolateParams = true
+	c.Timeout = 10 * time.Second
+	c.Params = map[string]string{"time_zone": "'+00:00'", "sql_mode": sessionSQLMode}
+	conn, err := mysql.NewConnector(c)
+	if err != nil {
+		return nil, fmt.Errorf("connection settings: %w", err)
+	}
+	db := sql.OpenDB(conn)
+	db.SetMaxIdleConns(8)
+	db.SetConnMaxIdleTime(time.Minute)
+	return db, nil
+}
+
+// Close releases connections and the binlog reader.
+func (e *Engine) Close() error {
+	if e.reader != nil {
+		e.reader.Close()
+		e.reader = nil
+	}
+	e.data.Close()
+	return e.meta.Close()
+}
+
+func q(name string) string { return alter.QuoteIdent(name, alter.MySQL) }
+
+// qt is a schema-qualified, quoted table name.
+func (e *Engine) qt(name string) string { return q(e.cfg.Database) + "." + q(name) }

@@ -1,0 +1,182 @@
+package mysqldb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/osc-dev/osc/copier"
+)
+
+var decimalTypeRe = regexp.MustCompile(`^(?i)decimal\(\d+,\d+\)`)
+
+// valueExpr is a placeholder for a value of column c as it comes from the
+// binlog or a key read over the binary connection: strings are raw bytes in
+// c's charset, so they are reinterpreted in it, never transcoded twice.
+func valueExpr(c *column) string {
+	switch {
+	case c.Charset != "":
+		return "CONVERT(? USING " + c.Charset + ")"
+	case c.DataType == "decimal":
+		// A string compared with a DECIMAL is compared as a double.
+		if m := decimalTypeRe.FindString(c.ColumnType); m != "" {
+			return "CAST(? AS " + m + ")"
+		}
+	}
+	return "?"
+}
+
+// cmpExpr is a placeholder holding a value of column src, comparable with
+// column target in target's own charset and collation so that the index on
+// target is usable.
+func cmpExpr(src, target *column) string {
+	e := valueExpr(src)
+	if src.Charset != "" && target.Charset != "" {
+		if target.Charset != src.Charset {
+			e = "CONVERT(" + e + " USING " + target.Charset + ")"
+		}
+		e += " COLLATE " + target.Collation
+	}
+	return e
+}
+
+// tuplePredicate compares the key columns cols (quoted) with one key value
+// of placeholders exprs: op is ">" or "<=". It expands the row comparison
+// so that the range optimizer uses the index on every server version. It
+// returns the SQL and, for each placeholder in it, the key position whose
+// value it takes.
+func tuplePredicate(cols, exprs []string, op string) (string, []int) {
+	strict := op // comparison on the last column
+	lead := ">"
+	if op == "<=" {
+		lead = "<"
+	}
+	var ors []string
+	var idx []int
+	for i := range cols {
+		var ands []string
+		for j := 0; j < i; j++ {
+			ands = append(ands, cols[j]+" = "+exprs[j])
+			idx = append(idx, j)
+		}
+		o := lead
+		if i == len(cols)-1 {
+			o = strict
+		}
+		ands = append(ands, cols[i]+" "+o+" "+exprs[i])
+		idx = append(idx, i)
+		ors = append(ors, "("+strings.Join(ands, " AND ")+")")
+	}
+	return "(" + strings.Join(ors, " OR ") + ")", idx
+}
+
+// pick returns key[idx[0]], key[idx[1]], ... appended to args.
+func pick(args []any, key []any, idx []int) []any {
+	for _, i := range idx {
+		args = append(args, key[i])
+	}
+	return args
+}
+
+// scanKey turns a key read over the binary connection into parameters:
+// integers as numbers (a string compared with an integer column is
+// compared as a double, which loses precision past 2^53), the rest as raw
+// bytes for valueExpr.
+func scanKey(cols []*column, raw []sql.RawBytes) (copier.Key, error) {
+	k := make(copier.Key, len(raw))
+	for i, b := range raw {
+		v, err := keyValue(cols[i], b)
+		if err != nil {
+			return nil, err
+		}
+		k[i] = v
+	}
+	return k, nil
+}
+
+func keyValue(c *column, b []byte) (any, error) {
+	if b == nil {
+		return nil, nil
+	}
+	switch c.DataType {
+	case "tinyint", "smallint", "mediumint", "int", "bigint", "year":
+		var v any
+		var err error
+		if c.Unsigned {
+			var u uint64
+			_, err = fmt.Sscan(string(b), &u)
+			v = u
+		} else {
+			var s int64
+			_, err = fmt.Sscan(string(b), &s)
+			v = s
+		}
+		return v, err
+	}
+	return append([]byte(nil), b...), nil
+}
+
+type warning struct {
+	Level   string
+	Code    int
+	Message string
+}
+
+func showWarnings(ctx context.Context, tx *sql.Tx) ([]warning, error) {
+	rows, err := tx.QueryContext(ctx, "SHOW WARNINGS")
+	if err != nil {
+		return nil, fmt.Errorf("reading warnings: %w", err)
+	}
+	defer rows.Close()
+	var ws []warning
+	for rows.Next() {
+		var w warning
+		if err := rows.Scan(&w.Level, &w.Code, &w.Message); err != nil {
+			return nil, err
+		}
+		ws = append(ws, w)
+	}
+	return ws, rows.Err()
+}
+
+// errConflict is a duplicate on a unique key other than the chunking key.
+type errConflict struct{ msg string }
+
+func (e *errConflict) Error() string { return e.msg }
+func (e *errConflict) Unwrap() error { return copier.ErrConflict }
+
+var dupKeyRe = regexp.MustCompile(`for key '(?:[^']*\.)?([^'.]*)'$`)
+
+// checkWarnings accepts the only warning osc expects, a duplicate on the
+// chunking key (the row is already in the shadow, from the copy or the
+// stream); anything else means the ALTER would change data and is an error.
+func (e *Engine) checkWarnings(ws []warning) error {
+	var bad []string
+	var dups []string
+	for _, w := range ws {
+		if w.Code == 1062 {
+			if m := dupKeyRe.FindStringSubmatch(w.Message); m != nil && m[1] == e.shadowKeyName {
+				continue
+			}
+			dups = append(dups, w.Message)
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("%s %d: %s", w.Level, w.Code, w.Message))
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("the new table definition does not hold the data as it is (the server warned: %s); osc stops rather than change rows: fix the data or the ALTER", strings.Join(limit(bad, 5), "; "))
+	}
+	if len(dups) > 0 {
+		return &errConflict{msg: fmt.Sprintf("duplicate values for a unique key of the new table definition: %s", strings.Join(limit(dups, 5), "; "))}
+	}
+	return nil
+}
+
+func limit(s []string, n int) []string {
+	if len(s) > n {
+		return append(s[:n:n], fmt.Sprintf("and %d more", len(s)-n))
+	}
+	return s
+}
