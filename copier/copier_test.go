@@ -1,0 +1,118 @@
+package copier
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+// intSource is an in-memory table of integer keys 1..n; the loop logic is
+// under test here, the SQL of a chunk is tested against real servers.
+type intSource struct {
+	keys      []int
+	copied    map[int]int // key -> times copied
+	conflicts int         // Copy fails with ErrConflict this many times
+}
+
+func (s *intSource) Max(context.Context) (Key, bool, error) {
+	if len(s.keys) == 0 {
+		return nil, false, nil
+	}
+	return Key{s.keys[len(s.keys)-1]}, true, nil
+}
+
+func (s *intSource) Boundary(_ context.Context, after Key, size int, max Key) (Key, bool, error) {
+	n := 0
+	for _, k := range s.keys {
+		if (after == nil || k > after[0].(int)) && k <= max[0].(int) {
+			n++
+			if n == size {
+				return Key{k}, false, nil
+			}
+		}
+	}
+	return max, true, nil
+}
+
+func (s *intSource) Copy(_ context.Context, after, end Key) (int64, error) {
+	if s.conflicts > 0 {
+		s.conflicts--
+		return 0, errors.Join(errors.New("duplicate"), ErrConflict)
+	}
+	var n int64
+	for _, k := range s.keys {
+		if (after == nil || k > after[0].(int)) && k <= end[0].(int) {
+			s.copied[k]++
+			n++
+		}
+	}
+	return n, nil
+}
+
+type open struct{ waits int }
+
+func (o *open) Wait(context.Context) error { o.waits++; return nil }
+
+func TestRunCopiesEveryKeyOnce(t *testing.T) {
+	for _, tc := range []struct{ rows, chunk int }{{0, 10}, {1, 10}, {10, 10}, {11, 10}, {95, 7}, {100, 1}} {
+		src := &intSource{copied: map[int]int{}}
+		for i := 1; i <= tc.rows; i++ {
+			src.keys = append(src.keys, i*3) // gaps between keys
+		}
+		gate := &open{}
+		c := New(src, gate, func(context.Context) error { return nil }, tc.chunk)
+		if err := c.Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Copied(); got != int64(tc.rows) {
+			t.Errorf("rows=%d chunk=%d: copied %d", tc.rows, tc.chunk, got)
+		}
+		for _, k := range src.keys {
+			if src.copied[k] != 1 {
+				t.Errorf("rows=%d chunk=%d: key %d copied %d times", tc.rows, tc.chunk, k, src.copied[k])
+			}
+		}
+		if !c.Done() {
+			t.Errorf("rows=%d: not done", tc.rows)
+		}
+		if tc.rows > 0 && gate.waits < (tc.rows+tc.chunk-1)/tc.chunk {
+			t.Errorf("rows=%d chunk=%d: gate consulted %d times, want one per chunk", tc.rows, tc.chunk, gate.waits)
+		}
+	}
+}
+
+func TestConflictCatchesUpThenRetries(t *testing.T) {
+	src := &intSource{keys: []int{1, 2, 3}, copied: map[int]int{}, conflicts: 2}
+	catchUps := 0
+	c := New(src, &open{}, func(context.Context) error { catchUps++; return nil }, 10)
+	if err := c.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if catchUps != 2 || c.Copied() != 3 {
+		t.Fatalf("catch-ups %d, copied %d; want 2 and 3", catchUps, c.Copied())
+	}
+}
+
+func TestPersistentConflictFails(t *testing.T) {
+	src := &intSource{keys: []int{1, 2, 3}, copied: map[int]int{}, conflicts: 100}
+	c := New(src, &open{}, func(context.Context) error { return nil }, 10)
+	err := c.Run(context.Background())
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("got %v, want a conflict error", err)
+	}
+	if src.conflicts != 100-conflictRetries-1 {
+		t.Fatalf("tried %d times, want %d", 100-src.conflicts, conflictRetries+1)
+	}
+}
+
+type closed struct{}
+
+func (closed) Wait(ctx context.Context) error { return errors.New("aborted by operator") }
+
+func TestGateStopsTheCopy(t *testing.T) {
+	src := &intSource{keys: []int{1, 2, 3}, copied: map[int]int{}}
+	c := New(src, closed{}, nil, 10)
+	if err := c.Run(context.Background()); err == nil || c.Copied() != 0 {
+		t.Fatalf("err %v, copied %d; want the gate's error and nothing copied", err, c.Copied())
+	}
+}
