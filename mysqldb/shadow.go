@@ -85,23 +85,12 @@ func (e *Engine) dropLeftovers(ctx context.Context) error {
 // becomes, following renames and leaving out dropped columns. Generated
 // columns are computed by the shadow itself.
 func (e *Engine) mapColumns(c *alter.Clauses) error {
-	dropped := map[string]bool{}
-	for _, d := range c.DroppedColumns {
-		dropped[strings.ToLower(d)] = true
-	}
-	renamed := map[string]string{}
-	for from, to := range c.RenamedColumns {
-		renamed[strings.ToLower(from)] = to
-	}
 	e.mapping = nil
 	for i := range e.src.Columns {
 		s := &e.src.Columns[i]
-		if s.Generated || dropped[strings.ToLower(s.Name)] {
+		target, ok := c.ShadowColumn(s.Name)
+		if s.Generated || !ok {
 			continue
-		}
-		target := s.Name
-		if to, ok := renamed[strings.ToLower(s.Name)]; ok {
-			target = to
 		}
 		d := e.shadow.column(target)
 		if d == nil || d.Generated {

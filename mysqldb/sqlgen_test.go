@@ -1,0 +1,82 @@
+package mysqldb
+
+import (
+	"database/sql"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/osc-dev/osc/copier"
+)
+
+func TestTuplePredicate(t *testing.T) {
+	sql, idx := tuplePredicate([]string{"`a`"}, []string{"?"}, ">")
+	if sql != "((`a` > ?))" || !reflect.DeepEqual(idx, []int{0}) {
+		t.Fatalf("single column: %s %v", sql, idx)
+	}
+	sql, idx = tuplePredicate([]string{"a", "b", "c"}, []string{"?", "?", "?"}, "<=")
+	want := "((a < ?) OR (a = ? AND b < ?) OR (a = ? AND b = ? AND c <= ?))"
+	if sql != want || !reflect.DeepEqual(idx, []int{0, 0, 1, 0, 1, 2}) {
+		t.Fatalf("three columns:\n got %s %v\nwant %s", sql, idx, want)
+	}
+	if got := pick(nil, []any{"x", "y", "z"}, idx); !reflect.DeepEqual(got, []any{"x", "x", "y", "x", "y", "z"}) {
+		t.Fatalf("pick: %v", got)
+	}
+}
+
+func TestExpressions(t *testing.T) {
+	latin := &column{DataType: "varchar", Charset: "latin1", Collation: "latin1_swedish_ci"}
+	utf := &column{DataType: "varchar", Charset: "utf8mb4", Collation: "utf8mb4_unicode_ci"}
+	dec := &column{DataType: "decimal", ColumnType: "decimal(65,30) unsigned"}
+	num := &column{DataType: "int"}
+	for _, tc := range []struct{ got, want string }{
+		{valueExpr(latin), "CONVERT(? USING latin1)"},
+		{valueExpr(dec), "CAST(? AS decimal(65,30))"},
+		{valueExpr(num), "?"},
+		{cmpExpr(latin, latin), "CONVERT(? USING latin1) COLLATE latin1_swedish_ci"},
+		{cmpExpr(latin, utf), "CONVERT(CONVERT(? USING latin1) USING utf8mb4) COLLATE utf8mb4_unicode_ci"},
+		{cmpExpr(num, num), "?"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %s, want %s", tc.got, tc.want)
+		}
+	}
+}
+
+func TestKeyValue(t *testing.T) {
+	cols := []*column{{DataType: "bigint", Unsigned: true}, {DataType: "int"}, {DataType: "varchar"}}
+	k, err := scanKey(cols, []sql.RawBytes{[]byte("18446744073709551615"), []byte("-5"), []byte("caf\xe9")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := copier.Key{uint64(18446744073709551615), int64(-5), []byte("caf\xe9")}
+	if !reflect.DeepEqual(k, want) {
+		t.Fatalf("got %#v, want %#v", k, want)
+	}
+}
+
+func TestParseQuotedList(t *testing.T) {
+	got := parseQuotedList(`'a','b''c','',' d,e'`)
+	if want := []string{"a", "b'c", "", " d,e"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+func TestCheckWarnings(t *testing.T) {
+	e := &Engine{shadowKeyName: "PRIMARY"}
+	if err := e.checkWarnings([]warning{
+		{"Warning", 1062, "Duplicate entry '5' for key 'PRIMARY'"},
+		{"Warning", 1062, "Duplicate entry '6' for key '_t_new.PRIMARY'"}, // MySQL 8 form
+	}); err != nil {
+		t.Fatalf("duplicates on the chunking key must pass: %v", err)
+	}
+	err := e.checkWarnings([]warning{{"Warning", 1062, "Duplicate entry 'x' for key 'uk_email'"}})
+	if !errors.Is(err, copier.ErrConflict) || !strings.Contains(err.Error(), "uk_email") {
+		t.Fatalf("duplicate on another key: %v", err)
+	}
+	err = e.checkWarnings([]warning{{"Warning", 1265, "Data truncated for column 'name' at row 3"}})
+	if err == nil || errors.Is(err, copier.ErrConflict) || !strings.Contains(err.Error(), "Data truncated") {
+		t.Fatalf("truncation: %v", err)
+	}
+}
