@@ -57,7 +57,7 @@ func (e *Engine) Writer() applier.Writer {
 }
 
 // Apply runs the changes in order in one transaction, merging runs of
-// inserts and of deletes into multi-row statements.
+// inserts and runs of deletes into multi-row statements.
 func (w *writer) Apply(ctx context.Context, changes []replication.Change) error {
 	tx, err := w.e.data.BeginTx(ctx, nil)
 	if err != nil {
@@ -66,32 +66,45 @@ func (w *writer) Apply(ctx context.Context, changes []replication.Change) error 
 	defer tx.Rollback()
 	for i := 0; i < len(changes); {
 		c := changes[i]
-		if c.Op == replication.Update && !w.keyChanged(c) {
-			if _, err := tx.ExecContext(ctx, w.updateSQL, w.updateArgs(c)...); err != nil {
-				return fmt.Errorf("update: %w", err)
+		if c.Op == replication.Update {
+			// One at a time: a chain of key changes (1->2, 2->3) must not
+			// be reordered into deletes first and inserts after.
+			if err := w.update(ctx, tx, c); err != nil {
+				return err
 			}
 			i++
 			continue
 		}
-		// A run of inserts, or of deletes; a key-changing update is both.
 		j := i
-		for j < len(changes) && j-i < maxRowsPerStatement && changes[j].Op == c.Op && (c.Op != replication.Update || w.keyChanged(changes[j])) {
+		for j < len(changes) && j-i < maxRowsPerStatement && changes[j].Op == c.Op {
 			j++
 		}
-		run := changes[i:j]
-		if c.Op == replication.Delete || c.Op == replication.Update {
-			if err := w.delete(ctx, tx, run); err != nil {
-				return err
-			}
+		var err error
+		if c.Op == replication.Insert {
+			err = w.insert(ctx, tx, changes[i:j])
+		} else {
+			err = w.delete(ctx, tx, changes[i:j])
 		}
-		if c.Op == replication.Insert || c.Op == replication.Update {
-			if err := w.insert(ctx, tx, run); err != nil {
-				return err
-			}
+		if err != nil {
+			return err
 		}
 		i = j
 	}
 	return tx.Commit()
+}
+
+func (w *writer) update(ctx context.Context, tx *sql.Tx, c replication.Change) error {
+	if w.keyChanged(c) {
+		one := []replication.Change{c}
+		if err := w.delete(ctx, tx, one); err != nil {
+			return err
+		}
+		return w.insert(ctx, tx, one)
+	}
+	if _, err := tx.ExecContext(ctx, w.updateSQL, w.updateArgs(c)...); err != nil {
+		return fmt.Errorf("update: %w", err)
+	}
+	return nil
 }
 
 func (w *writer) keyChanged(c replication.Change) bool {
