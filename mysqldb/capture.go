@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 
 	"github.com/osc-dev/osc/replication"
 	"github.com/osc-dev/osc/replication/binlog"
@@ -50,10 +49,11 @@ func (e *Engine) StartCapture(ctx context.Context) (replication.Stream, error) {
 func (e *Engine) binlogPosition(ctx context.Context) (binlog.Position, error) {
 	var p binlog.Position
 	stmt := "SHOW MASTER STATUS"
-	if e.flavor == "mysql" && !strings.HasPrefix(e.version, "5.") && !strings.HasPrefix(e.version, "8.0") {
-		stmt = "SHOW BINARY LOG STATUS" // MySQL 8.4 removed SHOW MASTER STATUS
-	}
 	rows, err := e.meta.QueryContext(ctx, stmt)
+	if err != nil && e.flavor == "mysql" {
+		stmt = "SHOW BINARY LOG STATUS" // MySQL 8.4 removed SHOW MASTER STATUS
+		rows, err = e.meta.QueryContext(ctx, stmt)
+	}
 	if err != nil {
 		return p, fmt.Errorf("reading the binlog position (%s): %w", stmt, err)
 	}

@@ -27,6 +27,7 @@ type index struct {
 	Name    string
 	Unique  bool
 	Columns []string
+	Prefix  []int // per column: the prefix length, 0 for the whole value
 }
 
 type table struct {
@@ -83,7 +84,7 @@ func (e *Engine) loadTable(ctx context.Context, name string) (*table, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	rows, err = e.meta.QueryContext(ctx, `SELECT INDEX_NAME, NON_UNIQUE = 0, COLUMN_NAME
+	rows, err = e.meta.QueryContext(ctx, `SELECT INDEX_NAME, NON_UNIQUE = 0, COLUMN_NAME, COALESCE(SUB_PART, 0)
 		FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?
 		ORDER BY INDEX_NAME <> 'PRIMARY', INDEX_NAME, SEQ_IN_INDEX`, e.cfg.Database, name)
 	if err != nil {
@@ -93,7 +94,8 @@ func (e *Engine) loadTable(ctx context.Context, name string) (*table, error) {
 	for rows.Next() {
 		var name, col string
 		var unique bool
-		if err := rows.Scan(&name, &unique, &col); err != nil {
+		var prefix int
+		if err := rows.Scan(&name, &unique, &col, &prefix); err != nil {
 			return nil, err
 		}
 		if n := len(t.Indexes); n == 0 || t.Indexes[n-1].Name != name {
@@ -101,12 +103,14 @@ func (e *Engine) loadTable(ctx context.Context, name string) (*table, error) {
 		}
 		ix := &t.Indexes[len(t.Indexes)-1]
 		ix.Columns = append(ix.Columns, col)
+		ix.Prefix = append(ix.Prefix, prefix)
 	}
 	return t, rows.Err()
 }
 
-// usableKeys are the unique indexes whose columns are all NOT NULL and
-// stored (not generated): they identify a row, so they can chunk the copy
+// usableKeys are the unique indexes whose columns are all NOT NULL, stored
+// (not generated) and compared exactly (not FLOAT/DOUBLE, whose text form
+// does not round-trip): they identify a row, so they can chunk the copy
 // and address rows in the applier. PRIMARY comes first.
 func (t *table) usableKeys() []index {
 	var out []index
@@ -117,7 +121,7 @@ func (t *table) usableKeys() []index {
 		ok := true
 		for _, c := range ix.Columns {
 			col := t.column(c)
-			if col == nil || col.Nullable || col.Generated {
+			if col == nil || col.Nullable || col.Generated || col.DataType == "float" || col.DataType == "double" {
 				ok = false
 			}
 		}

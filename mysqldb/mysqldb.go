@@ -32,7 +32,9 @@ type Config struct {
 	InitiallyDropShadow bool
 	// InitiallyDropOld drops an old table (_T_old) an earlier run kept.
 	InitiallyDropOld bool
-	Logger           *zap.Logger
+	// DryRun never drops an old table, whatever the flags say.
+	DryRun bool
+	Logger *zap.Logger
 }
 
 // sessionSQLMode is strict so that the applier's UPDATEs fail rather than
@@ -61,16 +63,20 @@ type Engine struct {
 	key           *index // chunking key in the source
 	shadowKeyName string
 
-	reader *binlog.Reader
+	reader  *binlog.Reader
+	runLock *sql.Conn // holds GET_LOCK for the table during the run
 	// What this run created, so that cleanup never drops a leftover that
 	// preflight refused to touch.
 	createdShadow, createdChangelog bool
 }
 
-type names struct{ table, shadow, old, changelog string }
+// names are deterministic so that a rerun finds what an earlier run left.
+// swap is both the cut-over sentry and the name the original gets in the
+// RENAME; it must sort after the table's name (it extends it), see Swap.
+type names struct{ table, shadow, old, changelog, swap string }
 
 func newNames(t string) names {
-	return names{table: t, shadow: "_" + t + "_new", old: "_" + t + "_old", changelog: "_" + t + "_osc"}
+	return names{table: t, shadow: "_" + t + "_new", old: "_" + t + "_old", changelog: "_" + t + "_osc", swap: t + "_osc_swap"}
 }
 
 // New connects to the server. The password is only handed to the driver.
@@ -121,6 +127,9 @@ func (e *Engine) Close() error {
 	if e.reader != nil {
 		e.reader.Close()
 		e.reader = nil
+	}
+	if e.runLock != nil {
+		e.runLock.Close() // releases the named lock
 	}
 	e.data.Close()
 	return e.meta.Close()

@@ -2,6 +2,7 @@ package mysqldb
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"regexp"
@@ -17,8 +18,8 @@ func refuse(format string, args ...any) error {
 // Preflight refuses, before changing anything, what osc cannot run safely.
 func (e *Engine) Preflight(ctx context.Context) error {
 	n := e.names
-	if len(n.shadow) > 64 || len(n.changelog) > 64 {
-		return refuse("table name %q is too long: osc's helper table names (%s, %s, %s) must fit in 64 characters", n.table, n.shadow, n.old, n.changelog)
+	if len(n.swap) > 64 {
+		return refuse("table name %q is too long: osc's helper table names (%s, %s) must fit in 64 characters", n.table, n.swap, n.old)
 	}
 	if err := e.checkServer(ctx); err != nil {
 		return err
@@ -54,10 +55,13 @@ func (e *Engine) Preflight(ctx context.Context) error {
 	if err := e.checkDependents(ctx); err != nil {
 		return err
 	}
-	if err := e.checkLeftovers(ctx); err != nil {
+	if err := e.checkPrivileges(ctx); err != nil {
 		return err
 	}
-	return e.checkPrivileges(ctx)
+	if err := e.lockRun(ctx); err != nil {
+		return err
+	}
+	return e.checkLeftovers(ctx)
 }
 
 func (e *Engine) checkServer(ctx context.Context) error {
@@ -108,15 +112,48 @@ func (e *Engine) tableExists(ctx context.Context, name string) (bool, error) {
 	return n > 0, err
 }
 
-func (e *Engine) checkLeftovers(ctx context.Context) error {
-	for _, lo := range []struct {
-		name, flag string
-		allowed    bool
-	}{
+// lockRun takes a named lock for the table, held by one connection for the
+// whole run, so that two runs on the same table refuse instead of dropping
+// each other's objects.
+func (e *Engine) lockRun(ctx context.Context) error {
+	c, err := e.meta.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	var got sql.NullInt64
+	name := "osc:" + e.cfg.Database + "." + e.names.table
+	if err := c.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", name).Scan(&got); err != nil {
+		c.Close()
+		return fmt.Errorf("taking the run lock %q: %w", name, err)
+	}
+	if got.Int64 != 1 {
+		c.Close()
+		return refuse("another osc run holds the lock %q on this table; wait for it to finish, or stop it", name)
+	}
+	e.runLock = c
+	return nil
+}
+
+// leftover is a helper table an earlier run may have left, and the flag
+// that allows dropping it.
+type leftover struct {
+	name, flag string
+	allowed    bool
+}
+
+func (e *Engine) leftovers() []leftover {
+	return []leftover{
 		{e.names.shadow, "--initially-drop-shadow-table", e.cfg.InitiallyDropShadow},
 		{e.names.changelog, "--initially-drop-shadow-table", e.cfg.InitiallyDropShadow},
+		// Holds the original if a run died between the swap and the
+		// rename to the old-table name.
+		{e.names.swap, "--initially-drop-old-table", e.cfg.InitiallyDropOld},
 		{e.names.old, "--initially-drop-old-table", e.cfg.InitiallyDropOld},
-	} {
+	}
+}
+
+func (e *Engine) checkLeftovers(ctx context.Context) error {
+	for _, lo := range e.leftovers() {
 		exists, err := e.tableExists(ctx, lo.name)
 		if err != nil {
 			return err

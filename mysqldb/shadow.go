@@ -57,25 +57,25 @@ func (e *Engine) CreateShadow(ctx context.Context, c *alter.Clauses) (*engine.Pl
 	return p, nil
 }
 
+// dropLeftovers drops what the --initially-drop flags allow. A dry run
+// drops only osc's scratch tables (it needs the shadow's name), never an
+// old table that may hold the only copy of the original data.
 func (e *Engine) dropLeftovers(ctx context.Context) error {
-	var drop []string
-	if e.cfg.InitiallyDropShadow {
-		drop = append(drop, e.names.shadow, e.names.changelog)
-	}
-	if e.cfg.InitiallyDropOld {
-		drop = append(drop, e.names.old)
-	}
-	for _, t := range drop {
-		exists, err := e.tableExists(ctx, t)
+	for _, lo := range e.leftovers() {
+		exists, err := e.tableExists(ctx, lo.name)
 		if err != nil {
 			return err
 		}
-		if !exists {
+		if !exists || !lo.allowed {
 			continue
 		}
-		e.log.Warn("dropping table left by an earlier run", zap.String("table", e.qt(t)))
-		if _, err := e.meta.ExecContext(ctx, "DROP TABLE IF EXISTS "+e.qt(t)); err != nil {
-			return fmt.Errorf("dropping leftover %s: %w", e.qt(t), err)
+		if e.cfg.DryRun && lo.flag != "--initially-drop-shadow-table" {
+			e.log.Warn("dry run: would drop this table left by an earlier run", zap.String("table", e.qt(lo.name)))
+			continue
+		}
+		e.log.Warn("dropping table left by an earlier run", zap.String("table", e.qt(lo.name)))
+		if _, err := e.meta.ExecContext(ctx, "DROP TABLE IF EXISTS "+e.qt(lo.name)); err != nil {
+			return fmt.Errorf("dropping leftover %s: %w", e.qt(lo.name), err)
 		}
 	}
 	return nil
@@ -105,24 +105,25 @@ func (e *Engine) mapColumns(c *alter.Clauses) error {
 }
 
 // chooseKey picks the first usable source key (PRIMARY first) whose
-// columns all survive and form a usable unique key of the shadow too.
+// columns all survive and form a usable unique key of the shadow that
+// tells rows apart exactly as the source key does. That last part matters:
+// a duplicate on the chunking key is the one warning osc ignores, so a key
+// that the ALTER makes coarser (a case-insensitive collation, a shorter
+// prefix) would silently merge distinct rows.
 func (e *Engine) chooseKey() error {
-	dstOf := map[string]string{}
+	pairOf := map[string]colPair{}
 	for _, m := range e.mapping {
-		dstOf[strings.ToLower(m.src.Name)] = strings.ToLower(m.dst.Name)
+		pairOf[strings.ToLower(m.src.Name)] = m
 	}
 	for _, k := range e.src.usableKeys() {
-		var want []string
-		for _, c := range k.Columns {
-			want = append(want, dstOf[strings.ToLower(c)])
-		}
 		for _, sk := range e.shadow.usableKeys() {
-			if len(sk.Columns) != len(want) {
+			if len(sk.Columns) != len(k.Columns) {
 				continue
 			}
 			same := true
-			for i, c := range sk.Columns {
-				if strings.ToLower(c) != want[i] {
+			for i, c := range k.Columns {
+				m, ok := pairOf[strings.ToLower(c)]
+				if !ok || !strings.EqualFold(m.dst.Name, sk.Columns[i]) || k.Prefix[i] != sk.Prefix[i] || !sameEquality(m.src, m.dst) {
 					same = false
 				}
 			}
@@ -134,7 +135,26 @@ func (e *Engine) chooseKey() error {
 			}
 		}
 	}
-	return refuse("the ALTER leaves no unique key over NOT NULL columns that the table and its new version share; osc needs one to copy and to apply changes: keep the primary key (or a unique key) in the ALTER")
+	return refuse("the ALTER leaves no unique key over NOT NULL columns that the table and its new version share with the same types, collations and prefixes; osc needs one to copy and to apply changes: keep the primary key (or a unique key) unchanged in the ALTER")
+}
+
+var integerTypes = map[string]bool{"tinyint": true, "smallint": true, "mediumint": true, "int": true, "bigint": true}
+
+// sameEquality reports whether two key columns consider the same values
+// equal: the same collation for strings of any length, the same
+// signedness for integers of any width (values that no longer fit warn,
+// and warnings abort), otherwise the same type: BINARY pads, DECIMAL
+// rounds.
+func sameEquality(a, b *column) bool {
+	switch {
+	case a.Collation != b.Collation:
+		return false
+	case a.Charset != "":
+		return true
+	case integerTypes[a.DataType] && integerTypes[b.DataType]:
+		return a.Unsigned == b.Unsigned
+	}
+	return a.ColumnType == b.ColumnType
 }
 
 // keyPairs are the column pairs of the chunking key, in key order.

@@ -95,7 +95,15 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 	return end, false, nil
 }
 
-func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error) {
+func (s *source) Copy(ctx context.Context, after, end copier.Key) (n int64, err error) {
+	err = retryTransient(ctx, func() error {
+		n, err = s.copy(ctx, after, end)
+		return err
+	})
+	return n, err
+}
+
+func (s *source) copy(ctx context.Context, after, end copier.Key) (int64, error) {
 	var args []any
 	query := s.copyFrom
 	if after != nil {

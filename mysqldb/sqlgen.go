@@ -3,9 +3,13 @@ package mysqldb
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/osc-dev/osc/copier"
 )
@@ -116,6 +120,25 @@ func keyValue(c *column, b []byte) (any, error) {
 		return v, err
 	}
 	return append([]byte(nil), b...), nil
+}
+
+// retryTransient reruns fn, a whole transaction, when the server rolled it
+// back for a deadlock or a lock wait timeout: the copy's locking reads and
+// the applier compete with the application's writes for row locks.
+func retryTransient(ctx context.Context, fn func() error) error {
+	const attempts = 5
+	for i := 1; ; i++ {
+		err := fn()
+		var me *mysql.MySQLError
+		if err == nil || i == attempts || !errors.As(err, &me) || (me.Number != 1213 && me.Number != 1205) {
+			return err
+		}
+		select {
+		case <-time.After(time.Duration(i*i) * 50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 type warning struct {

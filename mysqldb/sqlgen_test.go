@@ -80,3 +80,24 @@ func TestCheckWarnings(t *testing.T) {
 		t.Fatalf("truncation: %v", err)
 	}
 }
+
+func TestSameEquality(t *testing.T) {
+	ci := &column{DataType: "varchar", ColumnType: "varchar(20)", Charset: "utf8mb4", Collation: "utf8mb4_general_ci"}
+	ciLonger := &column{DataType: "varchar", ColumnType: "varchar(40)", Charset: "utf8mb4", Collation: "utf8mb4_general_ci"}
+	bin := &column{DataType: "varchar", ColumnType: "varchar(20)", Charset: "utf8mb4", Collation: "utf8mb4_bin"}
+	i32 := &column{DataType: "int", ColumnType: "int(11)"}
+	i64 := &column{DataType: "bigint", ColumnType: "bigint(20)"}
+	u64 := &column{DataType: "bigint", ColumnType: "bigint(20) unsigned", Unsigned: true}
+	b4 := &column{DataType: "binary", ColumnType: "binary(4)"}
+	vb4 := &column{DataType: "varbinary", ColumnType: "varbinary(4)"}
+	for _, tc := range []struct {
+		a, b *column
+		want bool
+	}{
+		{ci, ciLonger, true}, {bin, ci, false}, {i32, i64, true}, {i64, u64, false}, {vb4, b4, false}, {b4, b4, true},
+	} {
+		if got := sameEquality(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameEquality(%s %s, %s %s) = %v", tc.a.ColumnType, tc.a.Collation, tc.b.ColumnType, tc.b.Collation, got)
+		}
+	}
+}

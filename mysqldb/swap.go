@@ -16,18 +16,29 @@ const sentryComment = "osc cut-over sentry"
 // Swap is one cut-over attempt with the two-connection sentry algorithm,
 // because MariaDB refuses RENAME TABLE under LOCK TABLES:
 //
-//  1. A creates the sentry table under the old table's name and locks the
-//     table and the sentry for write, so no write to the table commits;
+//  1. A creates the sentry table under the name the original is renamed
+//     to (names.swap), and locks the table and the sentry for write, so no
+//     write to the table commits;
 //  2. the stream is drained up to a barrier written after the lock;
-//  3. B issues RENAME TABLE t TO old, shadow TO t, which queues on A's lock;
+//  3. B issues RENAME TABLE t TO swap, shadow TO t, which queues on A's lock;
 //  4. once A sees B waiting, A drops the sentry and unlocks: B's rename is
 //     first in the queue and runs before any application write.
 //
 // If A dies, its locks go but the sentry stays, so B's rename fails on the
 // existing name; if B fails, A unlocks. Either way the table is never
-// missing and never swapped half-synced. Every wait is bounded by
-// lock_wait_timeout on both sessions.
+// missing and never swapped half-synced.
+//
+// The server takes a RENAME's metadata locks in name order. The sentry's
+// name extends the table's, so it sorts after it: B is waiting on the
+// table itself, not on the sentry, when A sees it waiting. With a sentry
+// that sorts first, B would wait on the sentry, and after the drop an
+// application write already queued on the table could beat B to it and
+// commit into the original after the barrier: a lost write.
+//
+// Everything A does — waiting for the lock, draining, waiting for B — fits
+// in lockTimeout, so no application write waits longer than that.
 func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error) (err error) {
+	deadline := time.Now().Add(lockTimeout)
 	secs := max(1, int(math.Ceil(lockTimeout.Seconds())))
 	a, err := e.meta.Conn(ctx)
 	if err != nil {
@@ -49,30 +60,26 @@ func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func
 		return err
 	}
 	n := e.names
-	if _, err := a.ExecContext(ctx, "CREATE TABLE "+e.qt(n.old)+" (id INT PRIMARY KEY) ENGINE=InnoDB COMMENT='"+sentryComment+"'"); err != nil {
-		return fmt.Errorf("creating the cut-over sentry %s: %w", e.qt(n.old), err)
+	if _, err := a.ExecContext(ctx, "CREATE TABLE "+e.qt(n.swap)+" (id INT PRIMARY KEY) ENGINE=InnoDB COMMENT='"+sentryComment+"'"); err != nil {
+		return fmt.Errorf("creating the cut-over sentry %s: %w", e.qt(n.swap), err)
 	}
-	// On any failure below: unlock, then drop the sentry if it is still ours.
+	// Until the sentry is dropped, a failure unlocks and drops the sentry.
 	bg := context.WithoutCancel(ctx)
-	locked := false
 	defer func() {
 		if err == nil {
 			return
 		}
-		if locked {
-			a.ExecContext(bg, "UNLOCK TABLES")
-		}
+		a.ExecContext(bg, "UNLOCK TABLES")
 		if derr := e.dropSentry(bg); derr != nil {
-			e.log.Error("dropping the cut-over sentry failed; drop it by hand once you checked it is empty", zap.String("table", e.qt(n.old)), zap.Error(derr))
+			e.log.Error("dropping the cut-over sentry failed; drop it by hand once you checked it is empty", zap.String("table", e.qt(n.swap)), zap.Error(derr))
 		}
 	}()
 
-	if _, err := a.ExecContext(ctx, "LOCK TABLES "+e.qt(n.table)+" WRITE, "+e.qt(n.old)+" WRITE"); err != nil {
+	if _, err := a.ExecContext(ctx, "LOCK TABLES "+e.qt(n.table)+" WRITE, "+e.qt(n.swap)+" WRITE"); err != nil {
 		return fmt.Errorf("locking %s: %w", e.qt(n.table), err)
 	}
-	locked = true
 	lockedAt := time.Now()
-	dctx, cancel := context.WithTimeout(ctx, lockTimeout)
+	dctx, cancel := context.WithDeadline(ctx, deadline)
 	err = drain(dctx)
 	cancel()
 	if err != nil {
@@ -81,40 +88,47 @@ func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func
 
 	renamed := make(chan error, 1)
 	go func() {
-		_, err := b.ExecContext(bg, "RENAME TABLE "+e.qt(n.table)+" TO "+e.qt(n.old)+", "+e.qt(n.shadow)+" TO "+e.qt(n.table))
+		_, err := b.ExecContext(bg, "RENAME TABLE "+e.qt(n.table)+" TO "+e.qt(n.swap)+", "+e.qt(n.shadow)+" TO "+e.qt(n.table))
 		renamed <- err
 	}()
-	if err := e.waitForRename(ctx, a, bID, lockTimeout-time.Since(lockedAt), renamed); err != nil {
+	if err := e.waitForRename(ctx, a, bID, deadline, renamed); err != nil {
 		// Unlocking with the sentry in place makes a late rename fail.
 		a.ExecContext(bg, "UNLOCK TABLES")
-		locked = false
 		if rerr := <-renamed; rerr == nil {
-			return nil // the rename went through after all
+			return e.finishSwap(bg) // the rename went through after all
 		}
 		return err
 	}
-	if _, err := a.ExecContext(ctx, "DROP TABLE "+e.qt(n.old)); err != nil {
-		return fmt.Errorf("dropping the sentry under the lock: %w", err)
-	}
-	if _, err := a.ExecContext(ctx, "UNLOCK TABLES"); err != nil {
-		return fmt.Errorf("unlocking: %w", err)
-	}
-	locked = false
-	e.log.Info("table locked for cut-over", zap.Duration("held", time.Since(lockedAt)))
-	if err := <-renamed; err != nil {
-		// RENAME TABLE is atomic: if it failed, nothing moved; but a lost
-		// connection can hide a rename that happened.
-		if moved, cerr := e.renameHappened(bg); cerr == nil && moved {
-			return nil
+	// From the drop on, B's rename decides the outcome: whatever happens to
+	// A (an error, a cancelled run, a lost connection), its lock goes and
+	// the rename runs. So wait for B and report what it did.
+	_, derr := a.ExecContext(bg, "DROP TABLE "+e.qt(n.swap))
+	a.ExecContext(bg, "UNLOCK TABLES")
+	held := time.Since(lockedAt)
+	rerr := <-renamed
+	if rerr != nil {
+		// RENAME TABLE is atomic; but a lost connection can hide one that
+		// happened.
+		if moved, cerr := e.renameHappened(bg); cerr != nil || !moved {
+			return errors.Join(fmt.Errorf("renaming the tables: %w", rerr), derr)
 		}
-		return fmt.Errorf("renaming the tables: %w", err)
+	}
+	e.log.Info("tables swapped", zap.Duration("lock_held", held))
+	return e.finishSwap(bg)
+}
+
+// finishSwap gives the original its documented name. A failure here leaves
+// a complete swap, with the original under the sentry's name.
+func (e *Engine) finishSwap(ctx context.Context) error {
+	if _, err := e.meta.ExecContext(ctx, "RENAME TABLE "+e.qt(e.names.swap)+" TO "+e.qt(e.names.old)); err != nil {
+		e.log.Warn("the tables are swapped, but renaming the original to its old-table name failed; it is kept as "+e.qt(e.names.swap),
+			zap.Error(err))
 	}
 	return nil
 }
 
 // waitForRename waits until B's RENAME is queued on A's lock.
-func (e *Engine) waitForRename(ctx context.Context, a *sql.Conn, bID int64, budget time.Duration, renamed chan error) error {
-	deadline := time.Now().Add(budget)
+func (e *Engine) waitForRename(ctx context.Context, a *sql.Conn, bID int64, deadline time.Time, renamed chan error) error {
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-renamed:
@@ -125,7 +139,7 @@ func (e *Engine) waitForRename(ctx context.Context, a *sql.Conn, bID int64, budg
 			return fmt.Errorf("renaming the tables: %w", err)
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(2 * time.Millisecond):
 		}
 		var waiting int
 		err := a.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.PROCESSLIST
@@ -145,26 +159,23 @@ func (e *Engine) renameHappened(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	old, err := e.tableExists(ctx, e.names.old)
-	return !shadow && old, err
+	swap, err := e.tableExists(ctx, e.names.swap)
+	return !shadow && swap, err
 }
 
-// dropSentry drops the old-table name only if it holds osc's sentry, never
+// dropSentry drops the sentry's name only if it holds osc's sentry, never
 // a renamed original.
 func (e *Engine) dropSentry(ctx context.Context) error {
 	var comment string
 	err := e.meta.QueryRowContext(ctx, "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-		e.cfg.Database, e.names.old).Scan(&comment)
-	if errors.Is(err, sql.ErrNoRows) {
+		e.cfg.Database, e.names.swap).Scan(&comment)
+	if errors.Is(err, sql.ErrNoRows) || comment != sentryComment {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if comment != sentryComment {
-		return nil
-	}
-	_, err = e.meta.ExecContext(ctx, "DROP TABLE IF EXISTS "+e.qt(e.names.old))
+	_, err = e.meta.ExecContext(ctx, "DROP TABLE IF EXISTS "+e.qt(e.names.swap))
 	return err
 }
 

@@ -59,6 +59,10 @@ func (e *Engine) Writer() applier.Writer {
 // Apply runs the changes in order in one transaction, merging runs of
 // inserts and runs of deletes into multi-row statements.
 func (w *writer) Apply(ctx context.Context, changes []replication.Change) error {
+	return retryTransient(ctx, func() error { return w.apply(ctx, changes) })
+}
+
+func (w *writer) apply(ctx context.Context, changes []replication.Change) error {
 	tx, err := w.e.data.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -102,6 +106,15 @@ func (w *writer) update(ctx context.Context, tx *sql.Tx, c replication.Change) e
 		return w.insert(ctx, tx, one)
 	}
 	if _, err := tx.ExecContext(ctx, w.updateSQL, w.updateArgs(c)...); err != nil {
+		return fmt.Errorf("update: %w", err)
+	}
+	// Strict mode fails on most lossy values, but some (DECIMAL rounding,
+	// trailing spaces cut) are only notes.
+	ws, err := showWarnings(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if err := w.e.checkWarnings(ws); err != nil {
 		return fmt.Errorf("update: %w", err)
 	}
 	return nil

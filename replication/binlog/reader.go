@@ -138,7 +138,6 @@ func Open(ctx context.Context, cfg Config) (*Reader, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	log = log.With(zap.String("table", cfg.Schema+"."+cfg.Table))
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
