@@ -102,6 +102,9 @@ func run(ctx context.Context, o *Options, res *Result) (err error) {
 	r := &runner{o: o, eng: eng, log: log, plan: plan, waiters: map[string]chan struct{}{}}
 	swapped, err = r.execute(ctx)
 	res.RowsCopied, res.EventsApplied = r.counters()
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("interrupted (%w) during %s", err, r.state.Load())
+	}
 	if err != nil {
 		return err
 	}
