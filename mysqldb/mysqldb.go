@@ -27,8 +27,8 @@ type Config struct {
 	Password string
 	Database string
 	Table    string
-	// InitiallyDropShadow drops the shadow, changelog and sentry tables an
-	// earlier run left behind; without it they make preflight refuse.
+	// InitiallyDropShadow drops the shadow and changelog tables an earlier
+	// run left behind; without it they make preflight refuse.
 	InitiallyDropShadow bool
 	// InitiallyDropOld drops an old table (_T_old) an earlier run kept.
 	InitiallyDropOld bool

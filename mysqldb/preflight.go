@@ -2,7 +2,9 @@ package mysqldb
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -121,14 +123,16 @@ func (e *Engine) lockRun(ctx context.Context) error {
 		return err
 	}
 	var got sql.NullInt64
-	name := "osc:" + e.cfg.Database + "." + e.names.table
+	// MySQL limits lock names to 64 characters.
+	sum := sha256.Sum256([]byte(e.cfg.Database + "." + e.names.table))
+	name := "osc:" + hex.EncodeToString(sum[:16])
 	if err := c.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", name).Scan(&got); err != nil {
 		c.Close()
 		return fmt.Errorf("taking the run lock %q: %w", name, err)
 	}
 	if got.Int64 != 1 {
 		c.Close()
-		return refuse("another osc run holds the lock %q on this table; wait for it to finish, or stop it", name)
+		return refuse("another osc run is working on %s (it holds the lock %q); wait for it to finish, or stop it", e.qt(e.names.table), name)
 	}
 	e.runLock = c
 	return nil

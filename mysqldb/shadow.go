@@ -141,16 +141,16 @@ func (e *Engine) chooseKey() error {
 var integerTypes = map[string]bool{"tinyint": true, "smallint": true, "mediumint": true, "int": true, "bigint": true}
 
 // sameEquality reports whether two key columns consider the same values
-// equal: the same collation for strings of any length, the same
-// signedness for integers of any width (values that no longer fit warn,
-// and warnings abort), otherwise the same type: BINARY pads, DECIMAL
-// rounds.
+// equal: the same collation and string type for strings of any length
+// (CHAR pads, which matters under NO PAD collations), the same signedness
+// for integers of any width (values that no longer fit warn, and warnings
+// abort), otherwise the same type: BINARY pads, DECIMAL rounds.
 func sameEquality(a, b *column) bool {
 	switch {
 	case a.Collation != b.Collation:
 		return false
 	case a.Charset != "":
-		return true
+		return a.DataType == b.DataType
 	case integerTypes[a.DataType] && integerTypes[b.DataType]:
 		return a.Unsigned == b.Unsigned
 	}

@@ -101,3 +101,11 @@ func TestSameEquality(t *testing.T) {
 		}
 	}
 }
+
+func TestSameEqualityStringTypes(t *testing.T) {
+	vc := &column{DataType: "varchar", ColumnType: "varchar(20)", Charset: "utf8mb4", Collation: "utf8mb4_0900_bin"}
+	ch := &column{DataType: "char", ColumnType: "char(20)", Charset: "utf8mb4", Collation: "utf8mb4_0900_bin"}
+	if sameEquality(vc, ch) {
+		t.Fatal("VARCHAR -> CHAR accepted as a chunking key: CHAR pads, NO PAD collations then merge keys")
+	}
+}

@@ -169,11 +169,14 @@ func (e *Engine) dropSentry(ctx context.Context) error {
 	var comment string
 	err := e.meta.QueryRowContext(ctx, "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
 		e.cfg.Database, e.names.swap).Scan(&comment)
-	if errors.Is(err, sql.ErrNoRows) || comment != sentryComment {
+	if errors.Is(err, sql.ErrNoRows) {
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if comment != sentryComment {
+		return nil
 	}
 	_, err = e.meta.ExecContext(ctx, "DROP TABLE IF EXISTS "+e.qt(e.names.swap))
 	return err
