@@ -56,11 +56,13 @@ type Engine struct {
 	flavor  string // "mariadb" or "mysql"
 	version string
 
-	names         names
-	src           *table // source table, from Preflight
-	shadow        *table // shadow table, from CreateShadow
-	mapping       []colPair
-	key           *index // chunking key in the source
+	names   names
+	src     *table // source table, from Preflight
+	shadow  *table // shadow table, from CreateShadow
+	mapping []colPair
+	key     *index // chunking key in the source
+	// unfilled are the shadow\'s columns no source column maps to (lower case).
+	unfilled      map[string]bool
 	shadowKeyName string
 
 	reader  *binlog.Reader
@@ -107,7 +109,8 @@ func open(cfg Config, collation string) (*sql.DB, error) {
 	c.Passwd = cfg.Password
 	c.Net = "tcp"
 	c.Addr = net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
-	c.DBName = cfg.Database
+	// No default database: every statement names it, and an unknown one
+	// must reach preflight's refusal rather than fail the connection.
 	c.Collation = collation
 	c.InterpolateParams = true
 	c.Timeout = 10 * time.Second

@@ -101,6 +101,13 @@ func (e *Engine) mapColumns(c *alter.Clauses) error {
 	if len(e.mapping) == 0 {
 		return refuse("the ALTER leaves no column shared by the table and its new version")
 	}
+	e.unfilled = map[string]bool{}
+	for _, d := range e.shadow.Columns {
+		e.unfilled[strings.ToLower(d.Name)] = true
+	}
+	for _, m := range e.mapping {
+		delete(e.unfilled, strings.ToLower(m.dst.Name))
+	}
 	return nil
 }
 

@@ -28,9 +28,11 @@ type source struct {
 func (e *Engine) Source() copier.Source {
 	s := &source{e: e}
 	var cols, asc, desc, srcExprs []string
+	var sel []string
 	for _, m := range e.keyPairs() {
 		s.keyCols = append(s.keyCols, m.src)
 		cols = append(cols, q(m.src.Name))
+		sel = append(sel, keySelectExpr(m.src))
 		asc = append(asc, q(m.src.Name))
 		desc = append(desc, q(m.src.Name)+" DESC")
 		srcExprs = append(srcExprs, cmpExpr(m.src, m.src))
@@ -39,7 +41,7 @@ func (e *Engine) Source() copier.Source {
 	after, afterIdx := tuplePredicate(cols, srcExprs, ">")
 	upTo, upToIdx := tuplePredicate(cols, srcExprs, "<=")
 	s.afterIdx, s.upToIdx = afterIdx, upToIdx
-	keyList := strings.Join(cols, ", ")
+	keyList := strings.Join(sel, ", ")
 	s.maxSQL = "SELECT " + keyList + " FROM " + from + " ORDER BY " + strings.Join(desc, ", ") + " LIMIT 1"
 	s.boundSQL = "SELECT " + keyList + " FROM " + from + " WHERE " + after + " AND " + upTo + " ORDER BY " + strings.Join(asc, ", ") + " LIMIT 1 OFFSET ?"
 	s.firstSQL = "SELECT " + keyList + " FROM " + from + " WHERE " + upTo + " ORDER BY " + strings.Join(asc, ", ") + " LIMIT 1 OFFSET ?"

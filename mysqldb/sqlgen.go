@@ -16,13 +16,32 @@ import (
 
 var decimalTypeRe = regexp.MustCompile(`^(?i)decimal\(\d+,\d+\)`)
 
+// valueCharset is the charset of a string value of column c as osc holds
+// it: raw bytes in the column's charset, except ENUM/SET members, which
+// the binlog reader names from information_schema, in UTF-8.
+func valueCharset(c *column) string {
+	if c.Charset != "" && (c.DataType == "enum" || c.DataType == "set") {
+		return "utf8mb4"
+	}
+	return c.Charset
+}
+
+// keySelectExpr reads key column c so that valueExpr can take the value
+// back: ENUM/SET members in UTF-8, like the binlog reader names them.
+func keySelectExpr(c *column) string {
+	if valueCharset(c) != c.Charset {
+		return "CONVERT(" + q(c.Name) + " USING " + valueCharset(c) + ")"
+	}
+	return q(c.Name)
+}
+
 // valueExpr is a placeholder for a value of column c as it comes from the
-// binlog or a key read over the binary connection: strings are raw bytes in
-// c's charset, so they are reinterpreted in it, never transcoded twice.
+// binlog or a key read over the binary connection: strings are raw bytes,
+// reinterpreted in their charset, never transcoded twice.
 func valueExpr(c *column) string {
 	switch {
 	case c.Charset != "":
-		return "CONVERT(? USING " + c.Charset + ")"
+		return "CONVERT(? USING " + valueCharset(c) + ")"
 	case c.DataType == "decimal":
 		// A string compared with a DECIMAL is compared as a double.
 		if m := decimalTypeRe.FindString(c.ColumnType); m != "" {
@@ -38,7 +57,7 @@ func valueExpr(c *column) string {
 func cmpExpr(src, target *column) string {
 	e := valueExpr(src)
 	if src.Charset != "" && target.Charset != "" {
-		if target.Charset != src.Charset {
+		if target.Charset != valueCharset(src) {
 			e = "CONVERT(" + e + " USING " + target.Charset + ")"
 		}
 		e += " COLLATE " + target.Collation
@@ -170,15 +189,24 @@ type errConflict struct{ msg string }
 func (e *errConflict) Error() string { return e.msg }
 func (e *errConflict) Unwrap() error { return copier.ErrConflict }
 
-var dupKeyRe = regexp.MustCompile(`for key '(?:[^']*\.)?([^'.]*)'$`)
+var (
+	dupKeyRe    = regexp.MustCompile(`for key '(?:[^']*\.)?([^'.]*)'$`)
+	noDefaultRe = regexp.MustCompile(`^Field '([^']*)' doesn't have a default value`)
+)
 
-// checkWarnings accepts the only warning osc expects, a duplicate on the
+// checkWarnings accepts the warnings osc expects: a duplicate on the
 // chunking key (the row is already in the shadow, from the copy or the
-// stream); anything else means the ALTER would change data and is an error.
+// stream) and a missing default of a column osc does not fill; anything
+// else means the ALTER would change data and is an error.
 func (e *Engine) checkWarnings(ws []warning) error {
 	var bad []string
 	var dups []string
 	for _, w := range ws {
+		// A new NOT NULL column without DEFAULT gets its type's implicit
+		// default, as ALTER TABLE itself would fill it.
+		if m := noDefaultRe.FindStringSubmatch(w.Message); w.Code == 1364 && m != nil && e.unfilled[strings.ToLower(m[1])] {
+			continue
+		}
 		if w.Code == 1062 {
 			if m := dupKeyRe.FindStringSubmatch(w.Message); m != nil && m[1] == e.shadowKeyName {
 				continue

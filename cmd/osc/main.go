@@ -57,6 +57,7 @@ func run(args []string) int {
 		if err == pflag.ErrHelp {
 			return 0
 		}
+		fmt.Fprintf(os.Stderr, "osc: %v (see osc --help)\n", err)
 		return migration.ExitUsage
 	}
 	if fs.NArg() > 0 {

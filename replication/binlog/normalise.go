@@ -88,12 +88,17 @@ func converterFor(c Column) (convFunc, error) {
 		return jsonConv, nil
 	case "binary":
 		return binaryConv(c.Length), nil
+	case "inet6", "uuid":
+		// MariaDB's fixed 16-byte types lose trailing zero bytes like BINARY.
+		return binaryConv(16), nil
+	case "inet4":
+		return binaryConv(4), nil
 	case "varbinary", "tinyblob", "blob", "mediumblob", "longblob",
 		"geometry", "point", "linestring", "polygon", "multipoint",
 		"multilinestring", "multipolygon", "geometrycollection", "geomcollection":
 		return bytesConv, nil
 	}
-	// Types osc does not know by name (e.g. MariaDB's inet6/uuid): pass the
+	// Types osc does not know by name: pass the
 	// decoded value through as long as it is one of the neutral Go types.
 	return genericConv, nil
 }
@@ -192,8 +197,11 @@ func enumConv(members []string) convFunc {
 			return nil, unexpected(v)
 		}
 		if i == 0 {
-			// The "invalid" member '' stored by non-strict sql_mode.
-			return "", nil
+			// The error value '' that a permissive sql_mode stores for an
+			// unknown member. No statement writes index 0 without a
+			// warning, and it would land on a real '' member if there is
+			// one: stop rather than change the value.
+			return nil, fmt.Errorf("ENUM holds the error value (index 0, stored under a permissive sql_mode), which osc cannot write back exactly; fix the row (UPDATE it to a member) and rerun")
 		}
 		if i < 0 || i > int64(len(members)) {
 			return nil, fmt.Errorf("ENUM ordinal %d out of range (%d members)", i, len(members))

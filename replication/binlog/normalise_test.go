@@ -57,7 +57,6 @@ func TestNormaliseColumn(t *testing.T) {
 		{"enum 1", enum, int64(1), "a"},
 		{"enum 2", enum, int64(2), "b"},
 		{"enum 3", enum, int64(3), "c"},
-		{"enum 0", enum, int64(0), ""},
 		// SET bitmasks, members in definition order.
 		{"set empty", set, int64(0), ""},
 		{"set one", set, int64(2), "y"},
@@ -97,7 +96,10 @@ func TestNormaliseColumn(t *testing.T) {
 		{"varbinary from string", s("varbinary"), "\x00\x01", []byte{0, 1}},
 		{"mediumblob", s("mediumblob"), []byte{}, []byte{}},
 		// Unknown types pass neutral values through.
-		{"unknown string", s("inet6"), "\x00\x01", "\x00\x01"},
+		{"unknown string", s("whatever"), "\x00\x01", "\x00\x01"},
+		{"inet6 padded", s("inet6"), "\x20\x01\x0d\xb8", []byte("\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00")},
+		{"uuid of zeros", s("uuid"), "", make([]byte, 16)},
+		{"inet4 padded", s("inet4"), "\x0a", []byte{10, 0, 0, 0}},
 		{"unknown int", s("whatever"), int32(-3), int64(-3)},
 	}
 	for _, tc := range tests {
@@ -171,6 +173,7 @@ func TestNormaliseErrors(t *testing.T) {
 		in   any
 	}{
 		{"enum out of range", Column{Name: "e", DataType: "enum", Values: []string{"a"}}, int64(2)},
+		{"enum error value", Column{Name: "e", DataType: "enum", Values: []string{"", "a"}}, int64(0)},
 		{"enum negative", Column{Name: "e", DataType: "enum", Values: []string{"a"}}, int64(-1)},
 		{"set extra bits", Column{Name: "s", DataType: "set", Values: []string{"a", "b"}}, int64(4)},
 		{"int from string", Column{Name: "i", DataType: "int"}, "1"},
