@@ -43,24 +43,6 @@ func shadowEngine(t *testing.T, ddl, clauses string) (*Engine, *sql.DB) {
 	return e, db
 }
 
-func rowsOf(t *testing.T, db *sql.DB, query string) []string {
-	t.Helper()
-	rows, err := db.Query(query)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
 func TestWriterAppliesInOrder(t *testing.T) {
 	e, db := shadowEngine(t, "CREATE TABLE t (id INT UNSIGNED NOT NULL PRIMARY KEY, name VARCHAR(20) CHARACTER SET latin1 NOT NULL, n INT NULL)",
 		"ADD COLUMN z INT NOT NULL DEFAULT 9")
@@ -82,7 +64,7 @@ func TestWriterAppliesInOrder(t *testing.T) {
 	if err := e.Writer().Apply(context.Background(), changes); err != nil {
 		t.Fatal(err)
 	}
-	got := rowsOf(t, db, "SELECT CONCAT_WS('|', id, HEX(name), COALESCE(n, 'NULL'), z) FROM _t_new ORDER BY id")
+	got := harness.Strings(t, db, "SELECT CONCAT_WS('|', id, HEX(name), COALESCE(n, 'NULL'), z) FROM _t_new ORDER BY id")
 	want := []string{"3|636166E9|6|9", "11|656C6576656E|NULL|9"}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("shadow rows %q, want %q", got, want)

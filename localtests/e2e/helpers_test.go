@@ -110,23 +110,7 @@ func (e *env) showCreate(table string) string {
 // ids returns the primary key values of table in key order, as text.
 func (e *env) ids(table string) []string {
 	e.t.Helper()
-	rows, err := e.db.Query("SELECT CAST(id AS CHAR) FROM " + harness.QuoteIdent(table) + " ORDER BY id")
-	if err != nil {
-		e.t.Fatalf("reading ids of %s: %v", table, err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			e.t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		e.t.Fatal(err)
-	}
-	return out
+	return harness.Strings(e.t, e.db, "SELECT CAST(id AS CHAR) FROM "+harness.QuoteIdent(table)+" ORDER BY id")
 }
 
 // options are the Run options for table t of the test database.

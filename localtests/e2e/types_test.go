@@ -551,20 +551,7 @@ func TestStringKeyThroughBinlog(t *testing.T) {
 	e.assertCleanedUp()
 
 	hexKeys := func(table string) []string {
-		var out []string
-		rows, err := e.db.Query("SELECT HEX(id) FROM " + harness.QuoteIdent(table) + " ORDER BY id")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var s string
-			if err := rows.Scan(&s); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, s)
-		}
-		return out
+		return harness.Strings(t, e.db, "SELECT HEX(id) FROM "+harness.QuoteIdent(table)+" ORDER BY id")
 	}
 	var want []string
 	for _, k := range []string{"A", "b", "Café", "MIXEDCASE", "smile", "straße", "trail ", "ünï", "zzz", "Ærø2"} {

@@ -709,6 +709,34 @@ func Checksum(tb testing.TB, db *sql.DB, table string, columns []string, key []s
 	return fmt.Sprintf("%d:%x", n, h.Sum(nil))
 }
 
+// Strings runs a query of one column and returns its values as text (NULL
+// as "NULL"), failing tb on any error.
+func Strings(tb testing.TB, db *sql.DB, query string, args ...any) []string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		tb.Fatalf("harness: %s: %v", query, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s sql.NullString
+		if err := rows.Scan(&s); err != nil {
+			tb.Fatalf("harness: %s: %v", query, err)
+		}
+		if !s.Valid {
+			s.String = "NULL"
+		}
+		out = append(out, s.String)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatalf("harness: %s: %v", query, err)
+	}
+	return out
+}
+
 // Columns returns the column names of table (optionally "schema.table"; else
 // in the connection's current database) in ordinal order.
 func Columns(tb testing.TB, db *sql.DB, table string) []string {
@@ -720,25 +748,8 @@ func Columns(tb testing.TB, db *sql.DB, table string) []string {
 		args = append(args, s)
 	}
 	args = append(args, name)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	rows, err := db.QueryContext(ctx, "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "+
+	cols := Strings(tb, db, "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "+
 		schemaExpr+" AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION", args...)
-	if err != nil {
-		tb.Fatalf("harness: Columns(%s): %v", table, err)
-	}
-	defer rows.Close()
-	var cols []string
-	for rows.Next() {
-		var c string
-		if err := rows.Scan(&c); err != nil {
-			tb.Fatalf("harness: Columns(%s): %v", table, err)
-		}
-		cols = append(cols, c)
-	}
-	if err := rows.Err(); err != nil {
-		tb.Fatalf("harness: Columns(%s): %v", table, err)
-	}
 	if len(cols) == 0 {
 		tb.Fatalf("harness: Columns(%s): table not found or has no columns", table)
 	}
