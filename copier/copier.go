@@ -101,7 +101,7 @@ func (c *Copier) Run(ctx context.Context) error {
 		}
 		n, err := c.copy(ctx, after, end)
 		if err != nil {
-			return fmt.Errorf("copying chunk %d (key after %v up to %v): %w", c.chunks.Load()+1, fmtKey(after), fmtKey(end), err)
+			return fmt.Errorf("copying chunk %d (keys after %s up to %s): %w", c.chunks.Load()+1, after, end, err)
 		}
 		c.copied.Add(n)
 		c.chunks.Add(1)
@@ -125,9 +125,10 @@ func (c *Copier) copy(ctx context.Context, after, end Key) (int64, error) {
 	}
 }
 
-func fmtKey(k Key) string {
+// String shows a key for messages; nil is the start of the table.
+func (k Key) String() string {
 	if k == nil {
-		return "start"
+		return "the start"
 	}
 	s := "("
 	for i, v := range k {

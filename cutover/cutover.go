@@ -19,6 +19,7 @@ type AttemptFunc func(ctx context.Context, lockTimeout time.Duration) error
 
 // Policy bounds the retries.
 type Policy struct {
+	What        string        // what is attempted, for logs: "cut-over"
 	LockTimeout time.Duration // per attempt
 	MaxAttempts int
 	// Backoff is the pause after the first failure; it doubles up to
@@ -37,7 +38,7 @@ func Run(ctx context.Context, p Policy, log *zap.Logger, attempt AttemptFunc) er
 		start := time.Now()
 		err := attempt(ctx, p.LockTimeout)
 		if err == nil {
-			log.Info("cut-over done", zap.Int("attempt", i), zap.Duration("took", time.Since(start)))
+			log.Info(p.What+" done", zap.Int("attempt", i), zap.Duration("took", time.Since(start)))
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -48,7 +49,7 @@ func Run(ctx context.Context, p Policy, log *zap.Logger, attempt AttemptFunc) er
 			break
 		}
 		wait := backoff + time.Duration(rand.Int64N(int64(backoff)/2+1))
-		log.Warn("cut-over attempt failed; the original table is in place and unlocked, retrying",
+		log.Warn(p.What+" attempt failed; the original table is in place and unlocked, retrying",
 			zap.Int("attempt", i), zap.Int("max_attempts", p.MaxAttempts), zap.Duration("retry_in", wait), zap.Error(err))
 		select {
 		case <-time.After(wait):
@@ -57,5 +58,5 @@ func Run(ctx context.Context, p Policy, log *zap.Logger, attempt AttemptFunc) er
 		}
 		backoff = min(2*backoff, p.MaxBackoff)
 	}
-	return fmt.Errorf("cut-over failed after %d attempts, last: %w", p.MaxAttempts, last)
+	return fmt.Errorf("%s failed after %d attempts, last: %w", p.What, p.MaxAttempts, last)
 }

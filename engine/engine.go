@@ -12,6 +12,7 @@ import (
 	"github.com/osc-dev/osc/applier"
 	"github.com/osc-dev/osc/copier"
 	"github.com/osc-dev/osc/replication"
+	"github.com/osc-dev/osc/verify"
 )
 
 // Engine is one database's implementation of an online ALTER.
@@ -31,6 +32,13 @@ type Engine interface {
 	Source() copier.Source
 	// Writer applies captured changes to the shadow.
 	Writer() applier.Writer
+	// VerifyView blocks writes to the table for at most lockTimeout, calls
+	// drain, and opens a read view of the table and the shadow at that
+	// point; it calls release (which lets the applier go on) before it
+	// returns, on every path.
+	VerifyView(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error, release func()) (verify.View, error)
+	// Repair copies a chunk again from the table into the shadow.
+	Repair(ctx context.Context, c verify.Chunk) error
 	// Swap attempts one cut-over: it must leave the original table in place
 	// and unlocked when it fails. drain is called once writes to the table
 	// are blocked; it returns when every change up to that point is applied.
@@ -53,6 +61,9 @@ type Plan struct {
 	KeyName          string
 	RowEstimate      int64
 	Path             string // how the change is made, e.g. "online copy"
+	// Unverified are shadow columns whose type change makes their values'
+	// text differ, so verification cannot compare them.
+	Unverified []string
 }
 
 // ColumnMapping maps one source column to its shadow column.

@@ -38,6 +38,8 @@ type Options struct {
 	InitiallyDropShadow bool
 	// InitiallyDropOld drops an old table (_T_old) kept by an earlier run.
 	InitiallyDropOld bool
+	// SkipVerify skips comparing the shadow with the table before cut-over.
+	SkipVerify       bool
 	ThrottleFlagFile string        // copy pauses while this file exists
 	StatusInterval   time.Duration // 0: adaptive (often at start and end)
 	Logger           *zap.Logger   // default: no logging
@@ -85,14 +87,18 @@ func (o *Options) validate() error {
 
 // Result describes what a run did.
 type Result struct {
-	Applied       bool          `json:"applied"` // the table now has the new definition
-	Plan          *engine.Plan  `json:"plan,omitempty"`
-	RowsCopied    int64         `json:"rows_copied"`
-	EventsApplied int64         `json:"events_applied"`
-	OldTable      string        `json:"old_table,omitempty"` // original kept under this name
-	Duration      time.Duration `json:"duration_ns"`
-	Error         string        `json:"error,omitempty"`
-	ExitCode      int           `json:"exit_code"`
+	Applied       bool         `json:"applied"` // the table now has the new definition
+	Plan          *engine.Plan `json:"plan,omitempty"`
+	RowsCopied    int64        `json:"rows_copied"`
+	EventsApplied int64        `json:"events_applied"`
+	// Chunks compared before cut-over, and those that differed and were
+	// copied again (0 unless something went wrong in copy or apply).
+	VerifiedChunks int           `json:"verified_chunks"`
+	RepairedChunks int           `json:"repaired_chunks"`
+	OldTable       string        `json:"old_table,omitempty"` // original kept under this name
+	Duration       time.Duration `json:"duration_ns"`
+	Error          string        `json:"error,omitempty"`
+	ExitCode       int           `json:"exit_code"`
 }
 
 // Exit codes, stable for scripts and migration runners.

@@ -22,6 +22,7 @@ import (
 	"github.com/osc-dev/osc/replication"
 	"github.com/osc-dev/osc/status"
 	"github.com/osc-dev/osc/throttle"
+	"github.com/osc-dev/osc/verify"
 )
 
 // Marker kinds written to the changelog and read back from the stream.
@@ -102,6 +103,7 @@ func run(ctx context.Context, o *Options, res *Result) (err error) {
 	r := &runner{o: o, eng: eng, log: log, plan: plan, waiters: map[string]chan struct{}{}}
 	swapped, err = r.execute(ctx)
 	res.RowsCopied, res.EventsApplied = r.counters()
+	res.VerifiedChunks, res.RepairedChunks = r.verified.Chunks, r.verified.Repaired
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("interrupted (%w) during %s", err, r.state.Load())
 	}
@@ -138,6 +140,7 @@ type runner struct {
 	throttler *throttle.Throttler
 	state     atomic.Value // string
 	lagNanos  atomic.Int64 // stream delay seen on the last heartbeat
+	verified  verify.Result
 
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // sync markers by token
@@ -205,10 +208,17 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	if err := r.catchUp(ctx); err != nil {
 		return false, err
 	}
-	// 5. cut over.
-	r.state.Store("cutting over")
-	policy := cutover.Policy{LockTimeout: r.o.CutOverLockTimeout, MaxAttempts: r.o.CutOverAttempts,
+	policy := cutover.Policy{What: "cut-over", LockTimeout: r.o.CutOverLockTimeout, MaxAttempts: r.o.CutOverAttempts,
 		Backoff: 500 * time.Millisecond, MaxBackoff: 10 * time.Second}
+	// 5. verify, at one consistent point, and repair what differs.
+	if !r.o.SkipVerify {
+		r.state.Store("verifying")
+		if err := r.verify(ctx, policy); err != nil {
+			return false, err
+		}
+	}
+	// 6. cut over.
+	r.state.Store("cutting over")
 	err = cutover.Run(ctx, policy, r.log, func(ctx context.Context, timeout time.Duration) error {
 		// Start each attempt caught up, so the drain under the lock is short.
 		if err := r.catchUp(ctx); err != nil {
@@ -225,6 +235,36 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	stopApplier()
 	r.log.Info("done: the table has its new definition", zap.String("status", r.snapshot().String()))
 	return true, nil
+}
+
+// verify compares the shadow with the table chunk by chunk, in views
+// opened with the same lock discipline and retries as the cut-over.
+func (r *runner) verify(ctx context.Context, policy cutover.Policy) error {
+	if len(r.plan.Unverified) > 0 {
+		r.log.Warn("verification cannot compare columns whose type the ALTER changes", zap.Strings("columns", r.plan.Unverified))
+	}
+	policy.What = "verification lock"
+	open := func(ctx context.Context) (verify.View, error) {
+		var v verify.View
+		err := cutover.Run(ctx, policy, r.log, func(ctx context.Context, timeout time.Duration) error {
+			if err := r.catchUp(ctx); err != nil {
+				return err
+			}
+			var err error
+			v, err = r.eng.VerifyView(ctx, timeout, r.drain, func() { r.release(false) })
+			return err
+		})
+		return v, err
+	}
+	start := time.Now()
+	var err error
+	r.verified, err = verify.Run(ctx, open, r.eng.Repair, verify.Options{ChunkSize: 10 * r.o.ChunkSize, Rounds: 3}, r.log)
+	if err != nil {
+		return fmt.Errorf("verifying the shadow table: %w", err)
+	}
+	r.log.Info("verified: the shadow table matches the table", zap.Int("chunks", r.verified.Chunks),
+		zap.Int("repaired", r.verified.Repaired), zap.Duration("took", time.Since(start)))
+	return nil
 }
 
 func (r *runner) counters() (copied, applied int64) {

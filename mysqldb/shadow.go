@@ -53,6 +53,9 @@ func (e *Engine) CreateShadow(ctx context.Context, c *alter.Clauses) (*engine.Pl
 		ShadowDefinition: def, Key: e.key.Columns, KeyName: e.key.Name, RowEstimate: est, Path: "online copy"}
 	for _, m := range e.mapping {
 		p.Columns = append(p.Columns, engine.ColumnMapping{Source: m.src.Name, Target: m.dst.Name})
+		if _, _, ok := verifyExprs(m); !ok {
+			p.Unverified = append(p.Unverified, m.dst.Name)
+		}
 	}
 	return p, nil
 }

@@ -9,60 +9,86 @@ import (
 	"github.com/osc-dev/osc/copier"
 )
 
+// keySide is the chunking key on one table (the source or the shadow),
+// for range predicates over keys read from the source.
+type keySide struct {
+	cols  []string // quoted column names
+	exprs []string // placeholders comparable with each column
+}
+
+// where is the predicate after < key <= end; a nil bound is left out.
+func (k keySide) where(after, end copier.Key) (string, []any) {
+	var conds []string
+	var args []any
+	if after != nil {
+		p, idx := tuplePredicate(k.cols, k.exprs, ">")
+		conds = append(conds, p)
+		args = pick(args, after, idx)
+	}
+	if end != nil {
+		p, idx := tuplePredicate(k.cols, k.exprs, "<=")
+		conds = append(conds, p)
+		args = pick(args, end, idx)
+	}
+	if len(conds) == 0 {
+		return "TRUE", nil
+	}
+	return strings.Join(conds, " AND "), args
+}
+
 // source implements copier.Source with locking-read INSERT ... SELECT
 // chunks: the shared locks wait for writers in flight, so a chunk never
 // copies a row older than an event the stream already holds.
 type source struct {
 	e        *Engine
 	keyCols  []*column
-	maxSQL   string
-	boundSQL string // after-predicate variant
-	firstSQL string // from the start of the table
-	copySQL  string
-	copyFrom string // from the start of the table
-	afterIdx []int
-	upToIdx  []int
+	src, dst keySide
+	from     string // the source, forced onto the key's index
+	keyList  string // key columns to read, see keySelectExpr
+	asc      string
+	desc     string
+	insert   string // INSERT IGNORE INTO shadow (...) SELECT ... FROM source
 }
 
 // Source returns the chunk operations for the table.
-func (e *Engine) Source() copier.Source {
+func (e *Engine) Source() copier.Source { return e.newSource() }
+
+func (e *Engine) newSource() *source {
 	s := &source{e: e}
-	var cols, asc, desc, srcExprs []string
-	var sel []string
+	var sel, asc, desc []string
 	for _, m := range e.keyPairs() {
 		s.keyCols = append(s.keyCols, m.src)
-		cols = append(cols, q(m.src.Name))
+		s.src.cols = append(s.src.cols, q(m.src.Name))
+		s.src.exprs = append(s.src.exprs, cmpExpr(m.src, m.src))
+		s.dst.cols = append(s.dst.cols, q(m.dst.Name))
+		s.dst.exprs = append(s.dst.exprs, cmpExpr(m.src, m.dst))
 		sel = append(sel, keySelectExpr(m.src))
 		asc = append(asc, q(m.src.Name))
 		desc = append(desc, q(m.src.Name)+" DESC")
-		srcExprs = append(srcExprs, cmpExpr(m.src, m.src))
 	}
-	from := e.qt(e.names.table) + " FORCE INDEX (" + q(e.key.Name) + ")"
-	after, afterIdx := tuplePredicate(cols, srcExprs, ">")
-	upTo, upToIdx := tuplePredicate(cols, srcExprs, "<=")
-	s.afterIdx, s.upToIdx = afterIdx, upToIdx
-	keyList := strings.Join(sel, ", ")
-	s.maxSQL = "SELECT " + keyList + " FROM " + from + " ORDER BY " + strings.Join(desc, ", ") + " LIMIT 1"
-	s.boundSQL = "SELECT " + keyList + " FROM " + from + " WHERE " + after + " AND " + upTo + " ORDER BY " + strings.Join(asc, ", ") + " LIMIT 1 OFFSET ?"
-	s.firstSQL = "SELECT " + keyList + " FROM " + from + " WHERE " + upTo + " ORDER BY " + strings.Join(asc, ", ") + " LIMIT 1 OFFSET ?"
+	s.from = e.qt(e.names.table) + " FORCE INDEX (" + q(e.key.Name) + ")"
+	s.keyList = strings.Join(sel, ", ")
+	s.asc, s.desc = strings.Join(asc, ", "), strings.Join(desc, ", ")
 	var dst, src []string
 	for _, m := range e.mapping {
 		dst = append(dst, q(m.dst.Name))
 		src = append(src, q(m.src.Name))
 	}
-	ins := "INSERT IGNORE INTO " + e.qt(e.names.shadow) + " (" + strings.Join(dst, ", ") + ") SELECT " + strings.Join(src, ", ") + " FROM " + from
-	s.copySQL = ins + " WHERE " + after + " AND " + upTo + " LOCK IN SHARE MODE"
-	s.copyFrom = ins + " WHERE " + upTo + " LOCK IN SHARE MODE"
+	s.insert = "INSERT IGNORE INTO " + e.qt(e.names.shadow) + " (" + strings.Join(dst, ", ") + ") SELECT " + strings.Join(src, ", ") + " FROM " + s.from
 	return s
 }
 
-func (s *source) readKey(ctx context.Context, query string, args ...any) (copier.Key, bool, error) {
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (s *source) readKey(ctx context.Context, db querier, query string, args ...any) (copier.Key, bool, error) {
 	raw := make([]sql.RawBytes, len(s.keyCols))
 	dest := make([]any, len(raw))
 	for i := range raw {
 		dest[i] = &raw[i]
 	}
-	rows, err := s.e.data.QueryContext(ctx, query, args...)
+	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, false, err
 	}
@@ -77,20 +103,18 @@ func (s *source) readKey(ctx context.Context, query string, args ...any) (copier
 	return k, err == nil, err
 }
 
+// boundary reads the key `size` rows after `after`, up to upTo.
+func (s *source) boundary(ctx context.Context, db querier, after, upTo copier.Key, size int) (copier.Key, bool, error) {
+	where, args := s.src.where(after, upTo)
+	return s.readKey(ctx, db, "SELECT "+s.keyList+" FROM "+s.from+" WHERE "+where+" ORDER BY "+s.asc+" LIMIT 1 OFFSET ?", append(args, size-1)...)
+}
+
 func (s *source) Max(ctx context.Context) (copier.Key, bool, error) {
-	return s.readKey(ctx, s.maxSQL)
+	return s.readKey(ctx, s.e.data, "SELECT "+s.keyList+" FROM "+s.from+" ORDER BY "+s.desc+" LIMIT 1")
 }
 
 func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max copier.Key) (copier.Key, bool, error) {
-	var args []any
-	query := s.firstSQL
-	if after != nil {
-		query = s.boundSQL
-		args = pick(args, after, s.afterIdx)
-	}
-	args = pick(args, max, s.upToIdx)
-	args = append(args, size-1)
-	end, ok, err := s.readKey(ctx, query, args...)
+	end, ok, err := s.boundary(ctx, s.e.data, after, max, size)
 	if err != nil || !ok {
 		return max, true, err
 	}
@@ -98,27 +122,33 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 }
 
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (n int64, err error) {
-	err = retryTransient(ctx, func() error {
-		n, err = s.copy(ctx, after, end)
+	err = s.e.inTx(ctx, func(tx *sql.Tx) error {
+		n, err = s.copyRange(ctx, tx, after, end)
 		return err
 	})
 	return n, err
 }
 
-func (s *source) copy(ctx context.Context, after, end copier.Key) (int64, error) {
-	var args []any
-	query := s.copyFrom
-	if after != nil {
-		query = s.copySQL
-		args = pick(args, after, s.afterIdx)
-	}
-	args = pick(args, end, s.upToIdx)
-	tx, err := s.e.data.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, err
-	}
-	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, query, args...)
+// inTx runs fn in a transaction on the data connections, again if the
+// server rolled it back for a deadlock or a lock wait timeout: the copy's
+// locking reads and the applier compete with the application for row locks.
+func (e *Engine) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	return retryTransient(ctx, func() error {
+		tx, err := e.data.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return tx.Commit()
+	})
+}
+
+func (s *source) copyRange(ctx context.Context, tx *sql.Tx, after, end copier.Key) (int64, error) {
+	where, args := s.src.where(after, end)
+	res, err := tx.ExecContext(ctx, s.insert+" WHERE "+where+" LOCK IN SHARE MODE", args...)
 	if err != nil {
 		return 0, err
 	}
@@ -130,5 +160,5 @@ func (s *source) copy(ctx context.Context, after, end copier.Key) (int64, error)
 	if err := s.e.checkWarnings(ws); err != nil {
 		return 0, fmt.Errorf("copying rows: %w", err)
 	}
-	return n, tx.Commit()
+	return n, nil
 }

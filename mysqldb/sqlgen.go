@@ -142,8 +142,7 @@ func keyValue(c *column, b []byte) (any, error) {
 }
 
 // retryTransient reruns fn, a whole transaction, when the server rolled it
-// back for a deadlock or a lock wait timeout: the copy's locking reads and
-// the applier compete with the application's writes for row locks.
+// back for a deadlock or a lock wait timeout.
 func retryTransient(ctx context.Context, fn func() error) error {
 	const attempts = 5
 	for i := 1; ; i++ {

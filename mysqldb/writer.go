@@ -59,15 +59,10 @@ func (e *Engine) Writer() applier.Writer {
 // Apply runs the changes in order in one transaction, merging runs of
 // inserts and runs of deletes into multi-row statements.
 func (w *writer) Apply(ctx context.Context, changes []replication.Change) error {
-	return retryTransient(ctx, func() error { return w.apply(ctx, changes) })
+	return w.e.inTx(ctx, func(tx *sql.Tx) error { return w.apply(ctx, tx, changes) })
 }
 
-func (w *writer) apply(ctx context.Context, changes []replication.Change) error {
-	tx, err := w.e.data.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
+func (w *writer) apply(ctx context.Context, tx *sql.Tx, changes []replication.Change) error {
 	for i := 0; i < len(changes); {
 		c := changes[i]
 		if c.Op == replication.Update {
@@ -94,7 +89,7 @@ func (w *writer) apply(ctx context.Context, changes []replication.Change) error 
 		}
 		i = j
 	}
-	return tx.Commit()
+	return nil
 }
 
 func (w *writer) update(ctx context.Context, tx *sql.Tx, c replication.Change) error {

@@ -42,6 +42,7 @@ func run(args []string) int {
 	fs.IntVar(&o.ChunkSize, "chunk-size", 1000, "rows per copy chunk")
 	fs.IntVar(&lockTimeout, "cut-over-lock-timeout-seconds", 3, "longest lock wait of one cut-over attempt")
 	fs.IntVar(&o.CutOverAttempts, "cut-over-attempts", 10, "cut-over attempts before giving up")
+	verifyFlag := fs.Bool("verify", true, "compare the new table with the original, chunk by chunk at one consistent point, before cut-over")
 	fs.BoolVar(&o.DropOldTable, "drop-old-table", false, "drop the original table after cut-over instead of keeping it as _<table>_old")
 	fs.BoolVar(&o.InitiallyDropShadow, "initially-drop-shadow-table", false, "drop shadow and changelog tables left by an earlier run")
 	fs.BoolVar(&o.InitiallyDropOld, "initially-drop-old-table", false, "drop an old table (_<table>_old) kept by an earlier run")
@@ -65,6 +66,7 @@ func run(args []string) int {
 		return migration.ExitUsage
 	}
 	o.CutOverLockTimeout = time.Duration(lockTimeout) * time.Second
+	o.SkipVerify = !*verifyFlag
 	log, err := newLogger(logFormat, verbose)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "osc:", err)

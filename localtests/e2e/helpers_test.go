@@ -166,6 +166,10 @@ func assertApplied(t *testing.T, res *migration.Result, err error) {
 	if res.OldTable != "_t_old" {
 		t.Errorf("Result.OldTable = %q, want %q", res.OldTable, "_t_old")
 	}
+	// Verification is a safety net: a correct copy and apply need no repair.
+	if res.VerifiedChunks == 0 || res.RepairedChunks != 0 {
+		t.Errorf("verification compared %d chunks and repaired %d; want some compared and none repaired", res.VerifiedChunks, res.RepairedChunks)
+	}
 }
 
 // assertSameChecksum compares the checksums of two tables over columns,
