@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/osc-dev/osc/engine"
 	"github.com/osc-dev/osc/migration"
 )
 
@@ -85,12 +87,39 @@ func run(args []string) int {
 	if err != nil {
 		log.Error("osc stopped", zap.Int("exit_code", res.ExitCode), zap.Error(err))
 	}
-	if resultJSON {
+	switch {
+	case resultJSON:
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(res)
+	case res.Plan != nil && !o.Execute:
+		printPlan(os.Stdout, res.Plan)
 	}
 	return res.ExitCode
+}
+
+// printPlan shows a dry run's plan to a person.
+func printPlan(w io.Writer, p *engine.Plan) {
+	fmt.Fprintf(w, "Plan for %s.%s (dry run: nothing was changed; add --execute to apply)\n", p.Schema, p.Table)
+	fmt.Fprintf(w, "  path:           %s\n", p.Path)
+	fmt.Fprintf(w, "  chunking key:   %s (%s)\n", p.KeyName, strings.Join(p.Key, ", "))
+	fmt.Fprintf(w, "  rows, estimate: %d\n", p.RowEstimate)
+	fmt.Fprintln(w, "  columns copied:")
+	for _, c := range p.Columns {
+		if c.Source == c.Target {
+			fmt.Fprintf(w, "    %s\n", c.Source)
+		} else {
+			fmt.Fprintf(w, "    %s -> %s\n", c.Source, c.Target)
+		}
+	}
+	if len(p.Unverified) > 0 {
+		fmt.Fprintf(w, "  not compared by verification (type changed): %s\n", strings.Join(p.Unverified, ", "))
+	}
+	fmt.Fprintf(w, "  the original is kept as %s after cut-over (unless --drop-old-table)\n", p.Old)
+	fmt.Fprintln(w, "  new definition:")
+	for _, line := range strings.Split(p.ShadowDefinition, "\n") {
+		fmt.Fprintf(w, "    %s\n", line)
+	}
 }
 
 // password takes --password, else --password-file, else OSC_PASSWORD.

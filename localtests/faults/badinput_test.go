@@ -453,6 +453,19 @@ func TestCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("dry run prints the plan", func(t *testing.T) {
+		r := runCLI(t, pwEnv, e.cliArgs("t", "ADD COLUMN planned_col INT NOT NULL DEFAULT 3")...)
+		if r.code != migration.ExitApplied {
+			t.Fatalf("exit %d; stderr:\n%s", r.code, r.stderr)
+		}
+		for _, want := range []string{"dry run: nothing was changed", "chunking key:   PRIMARY (id)", "`planned_col` int(11) NOT NULL DEFAULT 3"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("plan on stdout lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		e.assertNoHelpers(t, "t")
+	})
+
 	t.Run("right password is never printed", func(t *testing.T) {
 		// A user whose real password holds a marker, so that a successful
 		// run (binlog connection included) is checked too.
