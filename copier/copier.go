@@ -113,14 +113,25 @@ func (c *Copier) Run(ctx context.Context) error {
 	}
 }
 
-func (c *Copier) copy(ctx context.Context, after, end Key) (int64, error) {
+func (c *Copier) copy(ctx context.Context, after, end Key) (n int64, err error) {
+	err = RetryConflicts(ctx, c.catchUp, func() error {
+		n, err = c.src.Copy(ctx, after, end)
+		return err
+	})
+	return n, err
+}
+
+// RetryConflicts runs fn, a copy from the source, and after an
+// ErrConflict lets the applier catch up and runs it again, a bounded
+// number of times.
+func RetryConflicts(ctx context.Context, catchUp func(context.Context) error, fn func() error) error {
 	for try := 0; ; try++ {
-		n, err := c.src.Copy(ctx, after, end)
+		err := fn()
 		if err == nil || !errors.Is(err, ErrConflict) || try == conflictRetries {
-			return n, err
+			return err
 		}
-		if err := c.catchUp(ctx); err != nil {
-			return 0, fmt.Errorf("waiting for the applier after a unique key conflict: %w", err)
+		if err := catchUp(ctx); err != nil {
+			return fmt.Errorf("waiting for the applier after a unique key conflict: %w", err)
 		}
 	}
 }

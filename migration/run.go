@@ -258,7 +258,10 @@ func (r *runner) verify(ctx context.Context, policy cutover.Policy) error {
 	}
 	start := time.Now()
 	var err error
-	r.verified, err = verify.Run(ctx, open, r.eng.Repair, verify.Options{ChunkSize: 10 * r.o.ChunkSize, Rounds: 3}, r.log)
+	repair := func(ctx context.Context, c verify.Chunk) error {
+		return copier.RetryConflicts(ctx, r.catchUp, func() error { return r.eng.Repair(ctx, c) })
+	}
+	r.verified, err = verify.Run(ctx, open, repair, verify.Options{ChunkSize: 10 * r.o.ChunkSize, Rounds: 3}, r.log)
 	if err != nil {
 		return fmt.Errorf("verifying the shadow table: %w", err)
 	}

@@ -39,22 +39,16 @@ const sentryComment = "osc cut-over sentry"
 // in lockTimeout, so no application write waits longer than that.
 func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error) (err error) {
 	deadline := time.Now().Add(lockTimeout)
-	secs := max(1, int(math.Ceil(lockTimeout.Seconds())))
-	a, err := e.meta.Conn(ctx)
+	a, doneA, err := e.lockConn(ctx, lockTimeout)
 	if err != nil {
 		return err
 	}
-	defer a.Close()
-	b, err := e.meta.Conn(ctx)
+	defer doneA()
+	b, doneB, err := e.lockConn(ctx, lockTimeout)
 	if err != nil {
 		return err
 	}
-	defer b.Close()
-	for _, c := range []*sql.Conn{a, b} {
-		if _, err := c.ExecContext(ctx, fmt.Sprintf("SET SESSION lock_wait_timeout = %d", secs)); err != nil {
-			return err
-		}
-	}
+	defer doneB()
 	var bID int64
 	if err := b.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&bID); err != nil {
 		return err
@@ -115,6 +109,25 @@ func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func
 	}
 	e.log.Info("tables swapped", zap.Duration("lock_held", held))
 	return e.finishSwap(bg)
+}
+
+// lockConn is a connection whose lock waits end after timeout (rounded up
+// to whole seconds, the server's unit). done restores the server's default
+// before the connection goes back to the pool.
+func (e *Engine) lockConn(ctx context.Context, timeout time.Duration) (c *sql.Conn, done func(), err error) {
+	c, err = e.meta.Conn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	secs := max(1, int(math.Ceil(timeout.Seconds())))
+	if _, err := c.ExecContext(ctx, fmt.Sprintf("SET SESSION lock_wait_timeout = %d", secs)); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, func() {
+		c.ExecContext(context.Background(), "SET SESSION lock_wait_timeout = DEFAULT")
+		c.Close()
+	}, nil
 }
 
 // finishSwap gives the original its documented name. A failure here leaves

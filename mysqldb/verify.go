@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
@@ -57,14 +56,11 @@ type view struct {
 func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error, release func()) (verify.View, error) {
 	defer release()
 	deadline := time.Now().Add(lockTimeout)
-	a, err := e.meta.Conn(ctx)
+	a, done, err := e.lockConn(ctx, lockTimeout)
 	if err != nil {
 		return nil, err
 	}
-	defer a.Close()
-	if _, err := a.ExecContext(ctx, fmt.Sprintf("SET SESSION lock_wait_timeout = %d", max(1, int(math.Ceil(lockTimeout.Seconds()))))); err != nil {
-		return nil, err
-	}
+	defer done()
 	if _, err := a.ExecContext(ctx, "LOCK TABLES "+e.qt(e.names.table)+" READ"); err != nil {
 		return nil, fmt.Errorf("locking %s for a consistent view: %w", e.qt(e.names.table), err)
 	}
