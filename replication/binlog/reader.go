@@ -360,7 +360,7 @@ func (r *Reader) checkContinuity(ev *gmrepl.BinlogEvent) error {
 }
 
 func (r *Reader) discontinuity(got string) error {
-	return fmt.Errorf("binlog: the stream of %s is not continuous: the next event should start at %s:%d but the server sent one at %s; events may have been lost or repeated; the run must abort; the original table is untouched by osc",
+	return fmt.Errorf("binlog: the stream of %s is not continuous: the next event should start at %s:%d but the server sent one at %s; events may have been lost or repeated",
 		r.tableName(), r.file, r.next, got)
 }
 
@@ -392,11 +392,11 @@ func (r *Reader) handleTableMap(h *gmrepl.EventHeader, tm *gmrepl.TableMapEvent)
 	switch {
 	case table:
 		if int(tm.ColumnCount) != len(r.cfg.Columns) {
-			return fmt.Errorf("binlog: table map of %s at %s has %d columns, osc expects %d: the table's definition changed under osc; the run must abort; the original table is untouched by osc",
+			return fmt.Errorf("binlog: table map of %s at %s has %d columns, osc expects %d: the table's definition changed under osc",
 				r.tableName(), r.at(h), tm.ColumnCount, len(r.cfg.Columns))
 		}
 		if err := checkColumnTypes(r.cfg.Columns, tm.ColumnType, tm.ColumnMeta); err != nil {
-			return fmt.Errorf("binlog: table map of %s at %s: %w: the table's definition changed under osc; the run must abort; the original table is untouched by osc",
+			return fmt.Errorf("binlog: table map of %s at %s: %w: the table's definition changed under osc",
 				r.tableName(), r.at(h), err)
 		}
 	case changelog:
@@ -509,7 +509,7 @@ func (r *Reader) handleQuery(h *gmrepl.EventHeader, q *gmrepl.QueryEvent) error 
 		return nil
 	case "ROLLBACK":
 		if r.emitted {
-			return fmt.Errorf("binlog: a transaction that changed %s was rolled back in the binlog at %s (it mixed transactional and non-transactional tables); changes already streamed cannot be undone; the run must abort; the original table is untouched by osc",
+			return fmt.Errorf("binlog: a transaction that changed %s was rolled back in the binlog at %s (it mixed transactional and non-transactional tables); changes already streamed cannot be undone",
 				r.tableName(), r.at(h))
 		}
 		return nil
@@ -525,14 +525,14 @@ func (r *Reader) handleQuery(h *gmrepl.EventHeader, q *gmrepl.QueryEvent) error 
 			// Logged as a statement (a session with binlog_format other
 			// than ROW): its rows are not in the stream.
 			if r.ddlOnTable(string(q.Schema), stmt) {
-				return fmt.Errorf("binlog: a statement naming %s was logged as a statement, not as rows, at %s: %s; binlog_format must be ROW for every session; the run must abort; the original table is untouched by osc",
+				return fmt.Errorf("binlog: a statement naming %s was logged as a statement, not as rows, at %s: %s; binlog_format must be ROW for every session",
 					r.tableName(), r.at(h), truncate(stmt, maxStatementInError))
 			}
 		}
 		return nil
 	}
 	if r.ddlOnTable(string(q.Schema), stmt) {
-		return fmt.Errorf("DDL on %s detected in the binlog at %s: %s; the run must abort; the original table is untouched by osc",
+		return fmt.Errorf("DDL on %s detected in the binlog at %s: %s; rerun osc once the other change is done",
 			r.tableName(), r.at(h), truncate(stmt, maxStatementInError))
 	}
 	return nil
