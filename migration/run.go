@@ -205,7 +205,7 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 		return false, err
 	}
 	r.state.Store("catching up")
-	if err := r.catchUp(ctx); err != nil {
+	if err := r.settle(ctx); err != nil {
 		return false, err
 	}
 	policy := cutover.Policy{What: "cut-over", LockTimeout: r.o.CutOverLockTimeout, MaxAttempts: r.o.CutOverAttempts,
@@ -220,8 +220,8 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	// 6. cut over.
 	r.state.Store("cutting over")
 	err = cutover.Run(ctx, policy, r.log, func(ctx context.Context, timeout time.Duration) error {
-		// Start each attempt caught up, so the drain under the lock is short.
-		if err := r.catchUp(ctx); err != nil {
+		// Start each attempt settled, so the drain under the lock is short.
+		if err := r.settle(ctx); err != nil {
 			return err
 		}
 		err := r.eng.Swap(ctx, timeout, r.drain)
@@ -247,7 +247,7 @@ func (r *runner) verify(ctx context.Context, policy cutover.Policy) error {
 	open := func(ctx context.Context) (verify.View, error) {
 		var v verify.View
 		err := cutover.Run(ctx, policy, r.log, func(ctx context.Context, timeout time.Duration) error {
-			if err := r.catchUp(ctx); err != nil {
+			if err := r.settle(ctx); err != nil {
 				return err
 			}
 			var err error
@@ -308,6 +308,16 @@ func (r *runner) catchUp(ctx context.Context) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
+}
+
+// settle catches up with the stream and copies back the rows the applier
+// displaced on unique key conflicts (retrying those that still collide
+// after catching up again), so that the shadow is whole up to now.
+func (r *runner) settle(ctx context.Context) error {
+	if err := r.catchUp(ctx); err != nil {
+		return err
+	}
+	return copier.RetryConflicts(ctx, r.catchUp, func() error { return r.eng.Restore(ctx) })
 }
 
 // drain is called by the engine's swap once writes to the table are

@@ -67,6 +67,9 @@ type Engine struct {
 
 	reader  *binlog.Reader
 	runLock *sql.Conn // holds GET_LOCK for the table during the run
+	// displaced are rows the applier removed from the shadow on a unique
+	// key conflict, to copy again (displace.go).
+	displaced displacedSet
 	// What this run created, so that cleanup never drops a leftover that
 	// preflight refused to touch.
 	createdShadow, createdChangelog bool

@@ -16,6 +16,15 @@ type keySide struct {
 	exprs []string // placeholders comparable with each column
 }
 
+// eq is the predicate key = k.
+func (k keySide) eq(key copier.Key) (string, []any) {
+	conds := make([]string, len(k.cols))
+	for i := range k.cols {
+		conds[i] = k.cols[i] + " = " + k.exprs[i]
+	}
+	return "(" + strings.Join(conds, " AND ") + ")", append([]any(nil), key...)
+}
+
 // where is the predicate after < key <= end; a nil bound is left out.
 func (k keySide) where(after, end copier.Key) (string, []any) {
 	var conds []string
@@ -123,7 +132,8 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (n int64, err error) {
 	err = s.e.inTx(ctx, func(tx *sql.Tx) error {
-		n, err = s.copyRange(ctx, tx, after, end)
+		where, args := s.src.where(after, end)
+		n, err = s.copyWhere(ctx, tx, where, args)
 		return err
 	})
 	return n, err
@@ -146,8 +156,9 @@ func (e *Engine) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
 	})
 }
 
-func (s *source) copyRange(ctx context.Context, tx *sql.Tx, after, end copier.Key) (int64, error) {
-	where, args := s.src.where(after, end)
+// copyWhere copies the source rows matching where (a predicate on the
+// source's key) with a locking read.
+func (s *source) copyWhere(ctx context.Context, tx *sql.Tx, where string, args []any) (int64, error) {
 	res, err := tx.ExecContext(ctx, s.insert+" WHERE "+where+" LOCK IN SHARE MODE", args...)
 	if err != nil {
 		return 0, err

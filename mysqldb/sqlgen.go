@@ -159,6 +159,11 @@ func retryTransient(ctx context.Context, fn func() error) error {
 	}
 }
 
+func isDuplicate(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1062
+}
+
 type warning struct {
 	Level   string
 	Code    int

@@ -129,7 +129,8 @@ func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+e.qt(e.names.shadow)+" WHERE "+where, args...); err != nil {
 			return err
 		}
-		_, err := s.copyRange(ctx, tx, c.After, c.End)
+		where, args = s.src.where(c.After, c.End)
+		_, err := s.copyWhere(ctx, tx, where, args)
 		return err
 	})
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/osc-dev/osc/applier"
+	"github.com/osc-dev/osc/copier"
 	"github.com/osc-dev/osc/replication"
 )
 
@@ -19,9 +21,12 @@ const maxRowsPerStatement = 200
 // later events reproduce), never REPLACE: REPLACE would silently delete a
 // row colliding on another unique key. An update that changes the key is a
 // delete of the old key and an insert of the new image, because the new
-// key may already be in the shadow from the copy.
+// key may already be in the shadow from the copy. A duplicate on another
+// unique key displaces the row holding it (see displace.go).
 type writer struct {
 	e         *Engine
+	src       *source // the key's columns and predicates
+	lookups   []uniqueLookup
 	srcIdx    []int  // per mapped column: its position in the source row image
 	keyIdx    []int  // per key column: its position in the source row image
 	rowExpr   string // "(e1, e2, ...)" for one inserted row
@@ -32,7 +37,7 @@ type writer struct {
 
 // Writer returns the applier side of the engine.
 func (e *Engine) Writer() applier.Writer {
-	w := &writer{e: e}
+	w := &writer{e: e, src: e.newSource()}
 	pos := map[*column]int{}
 	for i := range e.src.Columns {
 		pos[&e.src.Columns[i]] = i
@@ -44,12 +49,11 @@ func (e *Engine) Writer() applier.Writer {
 		vals = append(vals, valueExpr(m.src))
 		sets = append(sets, q(m.dst.Name)+" = "+valueExpr(m.src))
 	}
-	var eq []string
 	for _, m := range e.keyPairs() {
 		w.keyIdx = append(w.keyIdx, pos[m.src])
-		eq = append(eq, q(m.dst.Name)+" = "+cmpExpr(m.src, m.dst))
 	}
-	w.keyEq = "(" + strings.Join(eq, " AND ") + ")"
+	w.keyEq, _ = w.src.dst.eq(nil)
+	w.lookups = e.uniqueLookups(pos, w.src)
 	w.rowExpr = "(" + strings.Join(vals, ", ") + ")"
 	w.insertSQL = "INSERT IGNORE INTO " + e.qt(e.names.shadow) + " (" + strings.Join(dst, ", ") + ") VALUES "
 	w.updateSQL = "UPDATE " + e.qt(e.names.shadow) + " SET " + strings.Join(sets, ", ") + " WHERE " + w.keyEq
@@ -100,7 +104,18 @@ func (w *writer) update(ctx context.Context, tx *sql.Tx, c replication.Change) e
 		}
 		return w.insert(ctx, tx, one)
 	}
-	if _, err := tx.ExecContext(ctx, w.updateSQL, w.updateArgs(c)...); err != nil {
+	_, err := tx.ExecContext(ctx, w.updateSQL, w.updateArgs(c)...)
+	if isDuplicate(err) {
+		// Strict mode failed the statement alone; the transaction goes on.
+		moved, derr := w.displace(ctx, tx, c.After, w.key(c.Before))
+		if derr != nil {
+			return derr
+		}
+		if moved {
+			_, err = tx.ExecContext(ctx, w.updateSQL, w.updateArgs(c)...)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("update: %w", err)
 	}
 	// Strict mode fails on most lossy values, but some (DECIMAL rounding,
@@ -144,7 +159,36 @@ func (w *writer) updateArgs(c replication.Change) []any {
 	return args
 }
 
+// insert inserts the after images; rows that collide on another unique key
+// displace its holders, and the statement runs once more.
 func (w *writer) insert(ctx context.Context, tx *sql.Tx, run []replication.Change) error {
+	err := w.insertOnce(ctx, tx, run)
+	if !errors.Is(err, copier.ErrConflict) {
+		return err
+	}
+	moved := false
+	for _, c := range run {
+		m, derr := w.displace(ctx, tx, c.After, w.key(c.After))
+		if derr != nil {
+			return derr
+		}
+		moved = moved || m
+	}
+	if !moved {
+		return err
+	}
+	return w.insertOnce(ctx, tx, run)
+}
+
+func (w *writer) key(row []any) copier.Key {
+	k := make(copier.Key, len(w.keyIdx))
+	for i, p := range w.keyIdx {
+		k[i] = row[p]
+	}
+	return k
+}
+
+func (w *writer) insertOnce(ctx context.Context, tx *sql.Tx, run []replication.Change) error {
 	var b strings.Builder
 	b.WriteString(w.insertSQL)
 	args := make([]any, 0, len(run)*len(w.srcIdx))

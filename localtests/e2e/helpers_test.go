@@ -312,3 +312,19 @@ func (lb *logBuffer) Write(p []byte) (int, error) {
 	defer lb.mu.Unlock()
 	return lb.buf.Write(p)
 }
+
+// matching returns the log lines containing s, joined, or "none".
+func (lb *logBuffer) matching(s string) string {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(lb.buf.String(), "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, "\n")
+}
