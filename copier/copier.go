@@ -6,7 +6,6 @@ package copier
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync/atomic"
 )
@@ -29,16 +28,6 @@ type Source interface {
 	Copy(ctx context.Context, after, end Key) (int64, error)
 }
 
-// ErrConflict marks a chunk that collided on a unique key other than the
-// chunking key. That can be transient: the copy reads rows newer than the
-// applier has reached, so a value that moved between rows can sit in the
-// shadow twice until the stream catches up. The copier lets the applier
-// catch up and retries; a collision that persists is real.
-var ErrConflict = errors.New("unique key conflict")
-
-// conflictRetries bounds the retries of a colliding chunk.
-const conflictRetries = 3
-
 // Gate is consulted before every chunk; it blocks while copying must wait.
 type Gate interface {
 	Wait(ctx context.Context) error
@@ -48,17 +37,15 @@ type Gate interface {
 type Copier struct {
 	src       Source
 	gate      Gate
-	catchUp   func(context.Context) error
 	chunkSize atomic.Int64
 	copied    atomic.Int64
 	chunks    atomic.Int64
 	done      atomic.Bool
 }
 
-// New returns a copier; chunkSize is the starting rows per chunk. catchUp
-// returns once the applier has applied everything written so far.
-func New(src Source, gate Gate, catchUp func(context.Context) error, chunkSize int) *Copier {
-	c := &Copier{src: src, gate: gate, catchUp: catchUp}
+// New returns a copier; chunkSize is the starting rows per chunk.
+func New(src Source, gate Gate, chunkSize int) *Copier {
+	c := &Copier{src: src, gate: gate}
 	c.SetChunkSize(chunkSize)
 	return c
 }
@@ -99,7 +86,7 @@ func (c *Copier) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("finding the end of chunk %d: %w", c.chunks.Load()+1, err)
 		}
-		n, err := c.copy(ctx, after, end)
+		n, err := c.src.Copy(ctx, after, end)
 		if err != nil {
 			return fmt.Errorf("copying chunk %d (keys after %s up to %s): %w", c.chunks.Load()+1, after, end, err)
 		}
@@ -109,29 +96,6 @@ func (c *Copier) Run(ctx context.Context) error {
 		if last {
 			c.done.Store(true)
 			return nil
-		}
-	}
-}
-
-func (c *Copier) copy(ctx context.Context, after, end Key) (n int64, err error) {
-	err = RetryConflicts(ctx, c.catchUp, func() error {
-		n, err = c.src.Copy(ctx, after, end)
-		return err
-	})
-	return n, err
-}
-
-// RetryConflicts runs fn, a copy from the source, and after an
-// ErrConflict lets the applier catch up and runs it again, a bounded
-// number of times.
-func RetryConflicts(ctx context.Context, catchUp func(context.Context) error, fn func() error) error {
-	for try := 0; ; try++ {
-		err := fn()
-		if err == nil || !errors.Is(err, ErrConflict) || try == conflictRetries {
-			return err
-		}
-		if err := catchUp(ctx); err != nil {
-			return fmt.Errorf("waiting for the applier after a unique key conflict: %w", err)
 		}
 	}
 }

@@ -9,9 +9,8 @@ import (
 // intSource is an in-memory table of integer keys 1..n; the loop logic is
 // under test here, the SQL of a chunk is tested against real servers.
 type intSource struct {
-	keys      []int
-	copied    map[int]int // key -> times copied
-	conflicts int         // Copy fails with ErrConflict this many times
+	keys   []int
+	copied map[int]int // key -> times copied
 }
 
 func (s *intSource) Max(context.Context) (Key, bool, error) {
@@ -35,10 +34,6 @@ func (s *intSource) Boundary(_ context.Context, after Key, size int, max Key) (K
 }
 
 func (s *intSource) Copy(_ context.Context, after, end Key) (int64, error) {
-	if s.conflicts > 0 {
-		s.conflicts--
-		return 0, errors.Join(errors.New("duplicate"), ErrConflict)
-	}
 	var n int64
 	for _, k := range s.keys {
 		if (after == nil || k > after[0].(int)) && k <= end[0].(int) {
@@ -60,7 +55,7 @@ func TestRunCopiesEveryKeyOnce(t *testing.T) {
 			src.keys = append(src.keys, i*3) // gaps between keys
 		}
 		gate := &open{}
-		c := New(src, gate, func(context.Context) error { return nil }, tc.chunk)
+		c := New(src, gate, tc.chunk)
 		if err := c.Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -81,37 +76,13 @@ func TestRunCopiesEveryKeyOnce(t *testing.T) {
 	}
 }
 
-func TestConflictCatchesUpThenRetries(t *testing.T) {
-	src := &intSource{keys: []int{1, 2, 3}, copied: map[int]int{}, conflicts: 2}
-	catchUps := 0
-	c := New(src, &open{}, func(context.Context) error { catchUps++; return nil }, 10)
-	if err := c.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if catchUps != 2 || c.Copied() != 3 {
-		t.Fatalf("catch-ups %d, copied %d; want 2 and 3", catchUps, c.Copied())
-	}
-}
-
-func TestPersistentConflictFails(t *testing.T) {
-	src := &intSource{keys: []int{1, 2, 3}, copied: map[int]int{}, conflicts: 100}
-	c := New(src, &open{}, func(context.Context) error { return nil }, 10)
-	err := c.Run(context.Background())
-	if !errors.Is(err, ErrConflict) {
-		t.Fatalf("got %v, want a conflict error", err)
-	}
-	if src.conflicts != 100-conflictRetries-1 {
-		t.Fatalf("tried %d times, want %d", 100-src.conflicts, conflictRetries+1)
-	}
-}
-
 type closed struct{}
 
 func (closed) Wait(ctx context.Context) error { return errors.New("aborted by operator") }
 
 func TestGateStopsTheCopy(t *testing.T) {
 	src := &intSource{keys: []int{1, 2, 3}, copied: map[int]int{}}
-	c := New(src, closed{}, nil, 10)
+	c := New(src, closed{}, 10)
 	if err := c.Run(context.Background()); err == nil || c.Copied() != 0 {
 		t.Fatalf("err %v, copied %d; want the gate's error and nothing copied", err, c.Copied())
 	}

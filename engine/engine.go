@@ -32,10 +32,10 @@ type Engine interface {
 	Source() copier.Source
 	// Writer applies captured changes to the shadow.
 	Writer() applier.Writer
-	// Restore copies again the rows the writer displaced from the shadow
-	// on unique key conflicts; it returns copier.ErrConflict while such a
-	// row still collides. Swap fails while any is missing.
-	Restore(ctx context.Context) error
+	// Restore copies again the rows displaced from the shadow on transient
+	// unique key conflicts, and returns how many were pending. Swap fails
+	// while any is missing.
+	Restore(ctx context.Context) (int, error)
 	// VerifyView blocks writes to the table for at most lockTimeout, calls
 	// drain, and opens a read view of the table and the shadow at that
 	// point; it calls release (which lets the applier go on) before it

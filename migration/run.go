@@ -172,7 +172,7 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	if r.o.ThrottleFlagFile != "" {
 		r.throttler.AddCheck("flag-file", throttle.FlagFile(r.o.ThrottleFlagFile))
 	}
-	r.copier = copier.New(r.eng.Source(), r.throttler, r.catchUp, r.o.ChunkSize)
+	r.copier = copier.New(r.eng.Source(), r.throttler, r.o.ChunkSize)
 
 	var bg sync.WaitGroup
 	defer bg.Wait()
@@ -258,10 +258,7 @@ func (r *runner) verify(ctx context.Context, policy cutover.Policy) error {
 	}
 	start := time.Now()
 	var err error
-	repair := func(ctx context.Context, c verify.Chunk) error {
-		return copier.RetryConflicts(ctx, r.catchUp, func() error { return r.eng.Repair(ctx, c) })
-	}
-	r.verified, err = verify.Run(ctx, open, repair, verify.Options{ChunkSize: 10 * r.o.ChunkSize, Rounds: 3}, r.log)
+	r.verified, err = verify.Run(ctx, open, r.eng.Repair, verify.Options{ChunkSize: 10 * r.o.ChunkSize, Rounds: 3}, r.log)
 	if err != nil {
 		return fmt.Errorf("verifying the shadow table: %w", err)
 	}
@@ -310,14 +307,24 @@ func (r *runner) catchUp(ctx context.Context) error {
 	}
 }
 
-// settle catches up with the stream and copies back the rows the applier
-// displaced on unique key conflicts (retrying those that still collide
-// after catching up again), so that the shadow is whole up to now.
+// settleRounds bounds settle: each round copies back only rows whose
+// unique values moved within the applier's lag, so it converges fast.
+const settleRounds = 20
+
+// settle catches up with the stream and copies back the rows displaced on
+// unique key conflicts, until a catch-up finds none: then no row in the
+// shadow is newer than the applier's position, and the shadow is whole.
 func (r *runner) settle(ctx context.Context) error {
-	if err := r.catchUp(ctx); err != nil {
-		return err
+	for round := 0; round < settleRounds; round++ {
+		if err := r.catchUp(ctx); err != nil {
+			return err
+		}
+		n, err := r.eng.Restore(ctx)
+		if err != nil || n == 0 {
+			return err
+		}
 	}
-	return copier.RetryConflicts(ctx, r.catchUp, func() error { return r.eng.Restore(ctx) })
+	return fmt.Errorf("rows displaced by unique key conflicts were still moving after %d rounds of copying them back; rerun when the application moves unique values less often", settleRounds)
 }
 
 // drain is called by the engine's swap once writes to the table are

@@ -72,40 +72,68 @@ func (d *displacedSet) len() int {
 	return len(d.keys)
 }
 
-// uniqueLookup finds the shadow rows holding given values of one unique
-// index other than the chunking key.
-type uniqueLookup struct {
-	srcIdx []int  // source row positions of the index's columns
-	query  string // selects the holders' keys, excluding one key
+// uniqueIndex is a unique index of the shadow, other than the chunking
+// key, whose columns all come from the source. Conflicts on other unique
+// indexes (over new columns) cannot be judged and stop the run.
+type uniqueIndex struct {
+	name   string
+	cols   string // its columns, for messages
+	srcIdx []int  // the columns' positions in source row images
+	// byValues selects the holders of given values, except one key: the
+	// holder's key and values.
+	byValues string
+	// byKeys selects, for source rows picked by key, the shadow rows of
+	// other keys holding their values: holder key, source key, values.
+	byKeys string
+	// owners counts, of two source rows, those holding a shadow row's
+	// values now.
+	owners string
 }
 
-// uniqueLookups covers the shadow's other unique indexes whose columns
-// all come from the source; a conflict on any other index stays fatal.
-func (e *Engine) uniqueLookups(pos map[*column]int, s *source) []uniqueLookup {
-	var out []uniqueLookup
-	var sel []string
-	for _, m := range e.keyPairs() {
-		sel = append(sel, keySelectExpr(m.dst))
+// holder is a shadow row holding values that a write needs.
+type holder struct {
+	key, incoming copier.Key
+	values        string
+}
+
+func (e *Engine) uniqueIndexes(pos map[*column]int, s *source) []uniqueIndex {
+	var holderKey, srcKey, keysEq []string
+	for i, m := range e.keyPairs() {
+		holderKey = append(holderKey, keySelectExpr(m.dst, "dst."+q(m.dst.Name)))
+		srcKey = append(srcKey, keySelectExpr(m.src, "src."+q(m.src.Name)))
+		keysEq = append(keysEq, "dst."+s.dst.cols[i]+" = src."+s.src.cols[i])
 	}
-	self, _ := s.dst.eq(nil)
-	notSelf := "NOT " + self
+	holderEq, _ := s.dst.as("dst").eq(nil)
+	srcEq, _ := s.src.as("src").eq(nil)
+	var out []uniqueIndex
 next:
 	for _, ix := range e.shadow.Indexes {
 		if !ix.Unique || ix.Name == e.shadowKeyName {
 			continue
 		}
-		u := uniqueLookup{}
-		var conds []string
+		u := uniqueIndex{name: ix.Name}
+		var byVal, join, text, names []string
 		for _, c := range ix.Columns {
 			m := e.pairByTarget(c)
 			if m == nil {
 				continue next
 			}
 			u.srcIdx = append(u.srcIdx, pos[m.src])
-			conds = append(conds, q(m.dst.Name)+" = "+cmpExpr(m.src, m.dst))
+			names = append(names, q(m.dst.Name))
+			byVal = append(byVal, "dst."+q(m.dst.Name)+" = "+cmpExpr(m.src, m.dst))
+			join = append(join, "dst."+q(m.dst.Name)+" = "+asTarget("src."+q(m.src.Name), m.dst))
+			text = append(text, "dst."+q(m.dst.Name))
 		}
-		u.query = "SELECT " + strings.Join(sel, ", ") + " FROM " + e.qt(e.names.shadow) + " WHERE " + strings.Join(conds, " AND ") +
-			" AND " + notSelf + " FOR UPDATE"
+		u.cols = strings.Join(names, ", ")
+		shadow := e.qt(e.names.shadow) + " AS dst"
+		values := "CONCAT_WS(', ', " + strings.Join(text, ", ") + ")"
+		u.byValues = "SELECT " + strings.Join(holderKey, ", ") + ", " + values + " FROM " + shadow +
+			" WHERE " + strings.Join(byVal, " AND ") + " AND NOT " + holderEq + " FOR UPDATE"
+		u.byKeys = "SELECT " + strings.Join(holderKey, ", ") + ", " + strings.Join(srcKey, ", ") + ", " + values +
+			" FROM " + e.qt(e.names.table) + " AS src FORCE INDEX (" + q(e.key.Name) + ") JOIN " + shadow + " ON " + strings.Join(join, " AND ") +
+			" AND NOT (" + strings.Join(keysEq, " AND ") + ") WHERE %s LOCK IN SHARE MODE"
+		u.owners = "SELECT COUNT(*) FROM " + e.qt(e.names.table) + " AS src JOIN " + shadow + " ON " + holderEq +
+			" WHERE (" + srcEq + " OR " + srcEq + ") AND " + strings.Join(join, " AND ") + " LOCK IN SHARE MODE"
 		out = append(out, u)
 	}
 	return out
@@ -120,12 +148,51 @@ func (e *Engine) pairByTarget(name string) *colPair {
 	return nil
 }
 
-// displace removes the shadow rows, other than the one with key self,
-// that hold row's values of a unique index, and records their keys. It
-// reports whether it removed any.
+// displaceHolders removes holders from the shadow and records their keys,
+// unless the source holds the value in both rows: that duplicate is real.
+func (e *Engine) displaceHolders(ctx context.Context, tx *sql.Tx, u uniqueIndex, hs []holder, s *source) error {
+	for _, h := range hs {
+		var owners int
+		args := append(append(append([]any{}, h.key...), h.key...), h.incoming...)
+		if err := tx.QueryRowContext(ctx, u.owners, args...).Scan(&owners); err != nil {
+			return fmt.Errorf("checking the owners of a unique value: %w", err)
+		}
+		if owners > 1 {
+			return fmt.Errorf("duplicate values for the unique key %s of the new definition: the rows with keys %s and %s both hold (%s) = (%s); fix the data or the ALTER",
+				q(u.name), h.key, h.incoming, u.cols, h.values)
+		}
+		where, wargs := s.dst.eq(h.key)
+		if _, err := tx.ExecContext(ctx, "DELETE FROM "+e.qt(e.names.shadow)+" WHERE "+where, wargs...); err != nil {
+			return err
+		}
+		e.displaced.add(h.key)
+	}
+	return nil
+}
+
+// displaceForKeys displaces the holders of the unique values of the
+// source rows pick selects. It reports whether it displaced any.
+func (e *Engine) displaceForKeys(ctx context.Context, tx *sql.Tx, s *source, pick keyPick) (bool, error) {
+	where, args := pick(s.src.as("src"))
+	moved := false
+	for _, u := range e.uniques {
+		hs, err := e.readHolders(ctx, tx, s, fmt.Sprintf(u.byKeys, where), true, args...)
+		if err != nil {
+			return false, err
+		}
+		if err := e.displaceHolders(ctx, tx, u, hs, s); err != nil {
+			return false, err
+		}
+		moved = moved || len(hs) > 0
+	}
+	return moved, nil
+}
+
+// displace displaces the holders of row's unique values, row being a
+// source row image with key self. It reports whether it displaced any.
 func (w *writer) displace(ctx context.Context, tx *sql.Tx, row []any, self copier.Key) (bool, error) {
-	var found []copier.Key
-	for _, u := range w.lookups {
+	moved := false
+	for _, u := range w.e.uniques {
 		args := make([]any, 0, len(u.srcIdx)+len(self))
 		hasNull := false
 		for _, i := range u.srcIdx {
@@ -135,66 +202,77 @@ func (w *writer) displace(ctx context.Context, tx *sql.Tx, row []any, self copie
 		if hasNull {
 			continue // NULLs never collide
 		}
-		keys, err := w.readKeys(ctx, tx, u.query, append(args, self...)...)
+		hs, err := w.e.readHolders(ctx, tx, w.src, u.byValues, false, append(args, self...)...)
 		if err != nil {
-			return false, fmt.Errorf("looking up the rows holding a unique value: %w", err)
-		}
-		found = append(found, keys...)
-	}
-	for _, k := range found {
-		where, args := w.src.dst.eq(k)
-		if _, err := tx.ExecContext(ctx, "DELETE FROM "+w.e.qt(w.e.names.shadow)+" WHERE "+where, args...); err != nil {
 			return false, err
 		}
-		w.e.displaced.add(k)
+		for i := range hs {
+			hs[i].incoming = self
+		}
+		if err := w.e.displaceHolders(ctx, tx, u, hs, w.src); err != nil {
+			return false, err
+		}
+		moved = moved || len(hs) > 0
 	}
-	return len(found) > 0, nil
+	return moved, nil
 }
 
-func (w *writer) readKeys(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]copier.Key, error) {
+// readHolders reads holder keys (and, withIncoming, the incoming source
+// keys) followed by the values as text.
+func (e *Engine) readHolders(ctx context.Context, tx *sql.Tx, s *source, query string, withIncoming bool, args ...any) ([]holder, error) {
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("looking up the holders of unique values: %w", err)
 	}
 	defer rows.Close()
-	var out []copier.Key
-	raw := make([]sql.RawBytes, len(w.src.keyCols))
-	dest := make([]any, len(raw))
+	n := len(s.keyCols)
+	width := n + 1
+	if withIncoming {
+		width += n
+	}
+	raw := make([]sql.RawBytes, width)
+	dest := make([]any, width)
 	for i := range raw {
 		dest[i] = &raw[i]
 	}
+	var out []holder
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
-		k, err := scanKey(w.src.keyCols, raw)
-		if err != nil {
+		var h holder
+		if h.key, err = scanKey(s.keyCols, raw[:n]); err != nil {
 			return nil, err
 		}
-		out = append(out, k)
+		if withIncoming {
+			if h.incoming, err = scanKey(s.keyCols, raw[n:2*n]); err != nil {
+				return nil, err
+			}
+		}
+		h.values = string(raw[width-1])
+		out = append(out, h)
 	}
 	return out, rows.Err()
 }
 
-// Restore copies the displaced rows again from the source, with the
-// copy's locking read. A row that collides again returns the conflict,
-// for the caller to retry once the applier has caught up.
-func (e *Engine) Restore(ctx context.Context) error {
+// Restore copies the displaced rows again from the source, as they are
+// now, and returns how many were pending. Copying one back may displace
+// others, which the next call restores.
+func (e *Engine) Restore(ctx context.Context) (int, error) {
 	s := e.newSource()
 	pending := e.displaced.list()
 	if len(pending) > 0 {
 		e.log.Info("copying back rows displaced by transient unique key conflicts", zap.Int("rows", len(pending)))
 	}
 	for _, d := range pending {
-		where, args := s.src.eq(d.key)
 		err := e.inTx(ctx, func(tx *sql.Tx) error {
-			_, err := s.copyWhere(ctx, tx, where, args)
+			_, err := s.copyKeys(ctx, tx, func(k keySide) (string, []any) { return k.eq(d.key) })
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("copying again the row with key %s, displaced by a unique key conflict: %w", d.key, err)
+			return 0, fmt.Errorf("copying back the row with key %s, displaced by a unique key conflict: %w", d.key, err)
 		}
 		e.displaced.done(d)
 	}
-	return nil
+	return len(pending), nil
 }

@@ -70,6 +70,7 @@ type Engine struct {
 	// displaced are rows the applier removed from the shadow on a unique
 	// key conflict, to copy again (displace.go).
 	displaced displacedSet
+	uniques   []uniqueIndex // the shadow's other unique indexes
 	// What this run created, so that cleanup never drops a leftover that
 	// preflight refused to touch.
 	createdShadow, createdChangelog bool

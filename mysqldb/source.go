@@ -3,6 +3,7 @@ package mysqldb
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -14,6 +15,15 @@ import (
 type keySide struct {
 	cols  []string // quoted column names
 	exprs []string // placeholders comparable with each column
+}
+
+// as qualifies the columns with a table alias, for joins.
+func (k keySide) as(alias string) keySide {
+	cols := make([]string, len(k.cols))
+	for i, c := range k.cols {
+		cols[i] = alias + "." + c
+	}
+	return keySide{cols: cols, exprs: k.exprs}
 }
 
 // eq is the predicate key = k.
@@ -71,7 +81,7 @@ func (e *Engine) newSource() *source {
 		s.src.exprs = append(s.src.exprs, cmpExpr(m.src, m.src))
 		s.dst.cols = append(s.dst.cols, q(m.dst.Name))
 		s.dst.exprs = append(s.dst.exprs, cmpExpr(m.src, m.dst))
-		sel = append(sel, keySelectExpr(m.src))
+		sel = append(sel, keySelectExpr(m.src, q(m.src.Name)))
 		asc = append(asc, q(m.src.Name))
 		desc = append(desc, q(m.src.Name)+" DESC")
 	}
@@ -132,8 +142,7 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (n int64, err error) {
 	err = s.e.inTx(ctx, func(tx *sql.Tx) error {
-		where, args := s.src.where(after, end)
-		n, err = s.copyWhere(ctx, tx, where, args)
+		n, err = s.copyKeys(ctx, tx, func(k keySide) (string, []any) { return k.where(after, end) })
 		return err
 	})
 	return n, err
@@ -154,6 +163,31 @@ func (e *Engine) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
 		}
 		return tx.Commit()
 	})
+}
+
+// keyPick selects source rows by a predicate on the key, rendered for a
+// given key side.
+type keyPick func(keySide) (string, []any)
+
+// copyKeys copies the source rows pick selects. Rows read from the source
+// are the newest owners of their unique values: older holders in the
+// shadow are displaced (displace.go) and the copy runs once more.
+func (s *source) copyKeys(ctx context.Context, tx *sql.Tx, pick keyPick) (int64, error) {
+	where, args := pick(s.src)
+	n, err := s.copyWhere(ctx, tx, where, args)
+	var c *errConflict
+	if !errors.As(err, &c) {
+		return n, err
+	}
+	moved, derr := s.e.displaceForKeys(ctx, tx, s, pick)
+	if derr != nil {
+		return 0, derr
+	}
+	if !moved {
+		return 0, err // a unique index osc cannot judge (over new columns)
+	}
+	m, err := s.copyWhere(ctx, tx, where, args)
+	return n + m, err
 }
 
 // copyWhere copies the source rows matching where (a predicate on the

@@ -26,13 +26,23 @@ func valueCharset(c *column) string {
 	return c.Charset
 }
 
-// keySelectExpr reads key column c so that valueExpr can take the value
-// back: ENUM/SET members in UTF-8, like the binlog reader names them.
-func keySelectExpr(c *column) string {
+// keySelectExpr reads key column c, referenced as ref, so that valueExpr
+// can take the value back: ENUM/SET members in UTF-8, like the binlog
+// reader names them.
+func keySelectExpr(c *column, ref string) string {
 	if valueCharset(c) != c.Charset {
-		return "CONVERT(" + q(c.Name) + " USING " + valueCharset(c) + ")"
+		return "CONVERT(" + ref + " USING " + valueCharset(c) + ")"
 	}
-	return q(c.Name)
+	return ref
+}
+
+// asTarget renders source column reference ref in target's terms (its
+// charset and collation), to compare it with target's values.
+func asTarget(ref string, target *column) string {
+	if target.Charset == "" {
+		return ref
+	}
+	return "CONVERT(" + ref + " USING " + target.Charset + ") COLLATE " + target.Collation
 }
 
 // valueExpr is a placeholder for a value of column c as it comes from the
@@ -187,11 +197,11 @@ func showWarnings(ctx context.Context, tx *sql.Tx) ([]warning, error) {
 	return ws, rows.Err()
 }
 
-// errConflict is a duplicate on a unique key other than the chunking key.
+// errConflict is a duplicate on a unique key other than the chunking key:
+// see displace.go.
 type errConflict struct{ msg string }
 
 func (e *errConflict) Error() string { return e.msg }
-func (e *errConflict) Unwrap() error { return copier.ErrConflict }
 
 var (
 	dupKeyRe    = regexp.MustCompile(`for key '(?:[^']*\.)?([^'.]*)'$`)

@@ -129,8 +129,7 @@ func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+e.qt(e.names.shadow)+" WHERE "+where, args...); err != nil {
 			return err
 		}
-		where, args = s.src.where(c.After, c.End)
-		_, err := s.copyWhere(ctx, tx, where, args)
+		_, err := s.copyKeys(ctx, tx, func(k keySide) (string, []any) { return k.where(c.After, c.End) })
 		return err
 	})
 }

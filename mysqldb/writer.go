@@ -26,13 +26,12 @@ const maxRowsPerStatement = 200
 type writer struct {
 	e         *Engine
 	src       *source // the key's columns and predicates
-	lookups   []uniqueLookup
-	srcIdx    []int  // per mapped column: its position in the source row image
-	keyIdx    []int  // per key column: its position in the source row image
-	rowExpr   string // "(e1, e2, ...)" for one inserted row
-	insertSQL string // up to VALUES
-	updateSQL string // UPDATE ... SET ... WHERE key
-	keyEq     string // "(k1 = ? AND k2 = ?)" against the shadow
+	srcIdx    []int   // per mapped column: its position in the source row image
+	keyIdx    []int   // per key column: its position in the source row image
+	rowExpr   string  // "(e1, e2, ...)" for one inserted row
+	insertSQL string  // up to VALUES
+	updateSQL string  // UPDATE ... SET ... WHERE key
+	keyEq     string  // "(k1 = ? AND k2 = ?)" against the shadow
 }
 
 // Writer returns the applier side of the engine.
@@ -53,7 +52,6 @@ func (e *Engine) Writer() applier.Writer {
 		w.keyIdx = append(w.keyIdx, pos[m.src])
 	}
 	w.keyEq, _ = w.src.dst.eq(nil)
-	w.lookups = e.uniqueLookups(pos, w.src)
 	w.rowExpr = "(" + strings.Join(vals, ", ") + ")"
 	w.insertSQL = "INSERT IGNORE INTO " + e.qt(e.names.shadow) + " (" + strings.Join(dst, ", ") + ") VALUES "
 	w.updateSQL = "UPDATE " + e.qt(e.names.shadow) + " SET " + strings.Join(sets, ", ") + " WHERE " + w.keyEq
@@ -163,7 +161,8 @@ func (w *writer) updateArgs(c replication.Change) []any {
 // displace its holders, and the statement runs once more.
 func (w *writer) insert(ctx context.Context, tx *sql.Tx, run []replication.Change) error {
 	err := w.insertOnce(ctx, tx, run)
-	if !errors.Is(err, copier.ErrConflict) {
+	var c *errConflict
+	if !errors.As(err, &c) {
 		return err
 	}
 	moved := false

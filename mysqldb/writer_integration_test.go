@@ -3,7 +3,6 @@ package mysqldb
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/osc-dev/osc/alter"
-	"github.com/osc-dev/osc/copier"
 	"github.com/osc-dev/osc/localtests/harness"
 	"github.com/osc-dev/osc/replication"
 )
@@ -93,8 +91,9 @@ func TestWriterRefusesLossyValues(t *testing.T) {
 
 // The copy can hold a row in a newer state than the applier has reached.
 // When a unique value moved between rows, replaying the older owner
-// collides with the newer one: the writer displaces the newer owner and
-// Restore copies it back from the source.
+// collides with the newer one: the newer is displaced and copied back from
+// the source later. Only a value the source holds in two rows is a real
+// duplicate.
 func TestWriterDisplacesTransientUniqueConflicts(t *testing.T) {
 	e, db := shadowEngine(t, "CREATE TABLE t (id INT NOT NULL PRIMARY KEY, u INT NOT NULL, v VARCHAR(10) NOT NULL, UNIQUE KEY uk (u))",
 		"ADD COLUMN z INT NULL")
@@ -111,6 +110,19 @@ func TestWriterDisplacesTransientUniqueConflicts(t *testing.T) {
 	shadow := func() string {
 		return strings.Join(harness.Strings(t, db, "SELECT CONCAT_WS(':', id, u, v) FROM _t_new ORDER BY id"), " ")
 	}
+	restoreAll := func() {
+		t.Helper()
+		for range 5 {
+			n, err := e.Restore(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				return
+			}
+		}
+		t.Fatalf("displaced rows kept coming back: %d", e.displaced.len())
+	}
 	w := e.Writer()
 	// The stream replays row 1's insert with 5, then its move to 6.
 	if err := w.Apply(ctx, []replication.Change{{Op: replication.Insert, After: []any{int64(1), int64(5), "a0"}}}); err != nil {
@@ -119,36 +131,53 @@ func TestWriterDisplacesTransientUniqueConflicts(t *testing.T) {
 	if got := shadow(); got != "1:5:a0" || e.displaced.len() != 1 {
 		t.Fatalf("shadow %q with %d displaced; want row 2 displaced by row 1", got, e.displaced.len())
 	}
+	// The swap refuses while a displaced row is missing.
+	err := e.Swap(ctx, time.Second, func(context.Context) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "displaced") {
+		t.Fatalf("swap with a displaced row missing: %v", err)
+	}
+	if sentry, _ := e.tableExists(ctx, e.names.swap); sentry {
+		t.Fatal("the refused swap left its sentry behind")
+	}
 	if err := w.Apply(ctx, []replication.Change{{Op: replication.Update, Before: []any{int64(1), int64(5), "a0"}, After: []any{int64(1), int64(6), "a"}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Restore(ctx); err != nil {
-		t.Fatal(err)
+	restoreAll()
+	if got := shadow(); got != "1:6:a 2:5:b" {
+		t.Fatalf("after restore: shadow %q, want the source's rows", got)
 	}
-	if got := shadow(); got != "1:6:a 2:5:b" || e.displaced.len() != 0 {
-		t.Fatalf("after restore: shadow %q with %d displaced; want both rows as in the source", got, e.displaced.len())
-	}
-	// An update that collides displaces too; copying the displaced row
-	// back then collides for real (the source's row 1 still holds 6),
-	// which Restore reports as a conflict and keeps for later.
+	// An update onto a value held in the shadow displaces too; copying the
+	// holder back (row 1 holds 6 in the source) displaces the updated row
+	// in turn, and the next round brings that one back as the source has it.
 	if err := w.Apply(ctx, []replication.Change{{Op: replication.Update, Before: []any{int64(2), int64(5), "b"}, After: []any{int64(2), int64(6), "b2"}}}); err != nil {
 		t.Fatalf("update onto a value held in the shadow: %v", err)
 	}
 	if got := shadow(); got != "2:6:b2" {
 		t.Fatalf("shadow %q, want row 1 displaced by the update of row 2", got)
 	}
-	if err := e.Restore(ctx); !errors.Is(err, copier.ErrConflict) || e.displaced.len() != 1 {
-		t.Fatalf("restoring a row that collides: %v with %d displaced; want a conflict and the row kept", err, e.displaced.len())
+	restoreAll()
+	if got := shadow(); got != "1:6:a 2:5:b" || e.displaced.len() != 0 {
+		t.Fatalf("after restore: shadow %q with %d displaced, want the source's rows", got, e.displaced.len())
 	}
-	// The swap refuses while a displaced row is missing.
-	err := e.Swap(ctx, time.Second, func(context.Context) error { return nil })
-	if err == nil || !strings.Contains(err.Error(), "displaced") {
-		t.Fatalf("swap with a displaced row missing: %v", err)
+}
+
+// A new unique key over data that breaks it: the source holds the value
+// in two rows, so the conflict is real and the error names both.
+func TestWriterNamesRealDuplicates(t *testing.T) {
+	e, db := shadowEngine(t, "CREATE TABLE t (id INT NOT NULL PRIMARY KEY, u VARCHAR(10) NOT NULL)", "ADD UNIQUE KEY uk (u)")
+	for _, stmt := range []string{
+		"INSERT INTO t VALUES (1, 'dup'), (2, 'dup')",
+		"INSERT INTO _t_new VALUES (1, 'dup')",
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if got := harness.Strings(t, db, "SELECT COUNT(*) FROM t"); got[0] != "2" {
-		t.Fatalf("the original table changed: %v rows", got)
+	err := e.Writer().Apply(context.Background(), []replication.Change{{Op: replication.Insert, After: []any{int64(2), "dup"}}})
+	if err == nil || !strings.Contains(err.Error(), "`uk`") || !strings.Contains(err.Error(), "(dup)") || !strings.Contains(err.Error(), "(1)") {
+		t.Fatalf("got %v, want the duplicate named with its key and rows", err)
 	}
-	if sentry, _ := e.tableExists(ctx, e.names.swap); sentry {
-		t.Fatal("the refused swap left its sentry behind")
+	if e.displaced.len() != 0 {
+		t.Fatal("a real duplicate displaced a row")
 	}
 }
