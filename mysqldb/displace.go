@@ -12,16 +12,23 @@ import (
 	"github.com/osc-dev/osc/copier"
 )
 
-// A duplicate on a unique key other than the chunking key while applying
-// an event is usually transient: the copy reads rows newer than the
-// applier has reached, so when a value moves between rows (positions in a
-// list swapped, an email handed on) the shadow can hold the newer owner
-// while the applier replays the older one. The writer then removes the
-// newer owner from the shadow, remembers its key as displaced, and redoes
-// the change. Displaced rows are copied again from the source before
+// A duplicate on a unique key other than the chunking key is usually
+// transient. The copy reads rows newer than the applier has reached (and
+// repair and copy-back read the present too), so when a value moves
+// between rows (positions in a list swapped, a value handed on from a
+// deleted row) the row being written and the shadow's holder of the value
+// can be from different moments. On every path (copy, repair, copy-back,
+// applier) the row being written wins: the holder is displaced — removed
+// from the shadow, its key remembered — and the write is redone. Displaced
+// rows are copied back from the source as they are then, before
 // verification and before every cut-over attempt, and the cut-over refuses
-// to swap while any is missing. A duplicate that is real stays: the copy
-// again collides, and the run stops naming it.
+// to swap while any is missing.
+//
+// A duplicate is real only when the source holds the value in both rows
+// now, in the new definition's terms (its collation decides what is
+// equal); then the run stops naming both. Unique indexes over columns that
+// do not come from the source (new or generated ones) cannot be judged:
+// a duplicate there stops the run with the server's own message.
 
 // displacedSet holds the keys of displaced rows. Each entry has a
 // generation so that a row displaced again while it was being copied back

@@ -67,8 +67,8 @@ type Engine struct {
 
 	reader  *binlog.Reader
 	runLock *sql.Conn // holds GET_LOCK for the table during the run
-	// displaced are rows the applier removed from the shadow on a unique
-	// key conflict, to copy again (displace.go).
+	// displaced are rows removed from the shadow on a transient unique key
+	// conflict, to copy back (displace.go).
 	displaced displacedSet
 	uniques   []uniqueIndex // the shadow's other unique indexes
 	// What this run created, so that cleanup never drops a leftover that
