@@ -262,6 +262,16 @@ func (e *Engine) readHolders(ctx context.Context, tx *sql.Tx, s *source, query s
 	return out, rows.Err()
 }
 
+// checkWhole fails while a displaced row is missing from the shadow. Under
+// a lock with the stream drained nothing more can be displaced, so the
+// caller's next attempt, which copies them back first, can succeed.
+func (e *Engine) checkWhole() error {
+	if n := e.displaced.len(); n > 0 {
+		return fmt.Errorf("%d row(s) displaced by unique key conflicts are not copied back yet", n)
+	}
+	return nil
+}
+
 // Restore copies the displaced rows again from the source, as they are
 // now, and returns how many were pending. Copying one back may displace
 // others, which the next call restores.

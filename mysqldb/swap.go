@@ -79,10 +79,8 @@ func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func
 	if err != nil {
 		return fmt.Errorf("draining the change stream under the lock: %w", err)
 	}
-	// Nothing more can be displaced under the lock; a row still missing
-	// must be copied back before the swap (the next attempt does).
-	if n := e.displaced.len(); n > 0 {
-		return fmt.Errorf("%d row(s) displaced by unique key conflicts are not copied back yet", n)
+	if err := e.checkWhole(); err != nil {
+		return err
 	}
 
 	renamed := make(chan error, 1)

@@ -72,6 +72,9 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 	if err != nil {
 		return nil, fmt.Errorf("draining the change stream for a consistent view: %w", err)
 	}
+	if err := e.checkWhole(); err != nil {
+		return nil, err
+	}
 	c, err := e.data.Conn(ctx)
 	if err != nil {
 		return nil, err
