@@ -60,7 +60,7 @@ OSC_PASSWORD=$OSC_TEST_MYSQL_PASSWORD "$DIR/osc" --host 127.0.0.1 --port "$OSC_T
 	--database demo --table orders --alter "$ALTER"
 echo "==> osc --execute"
 OSC_PASSWORD=$OSC_TEST_MYSQL_PASSWORD "$DIR/osc" --host 127.0.0.1 --port "$OSC_TEST_MYSQL_PORT" --user "$OSC_TEST_MYSQL_USER" \
-	--database demo --table orders --alter "$ALTER" --execute --chunk-size 2000 --status-interval 1s
+	--database demo --table orders --alter "$ALTER" --execute --chunk-size 2000 --status-interval 300ms
 kill "$LOADPID" && wait "$LOADPID" || true
 LOADPID=
 
