@@ -27,8 +27,6 @@ const integritySchema = `CREATE TABLE t (
 	PRIMARY KEY (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=latin1 COLLATE=latin1_swedish_ci`
 
-var integrityColumns = []string{"id", "n", "v", "s", "u", "d"}
-
 const (
 	preloadRows = 20000
 	numWriters  = 4
@@ -343,7 +341,7 @@ func value(rng *rand.Rand, col string) any {
 		if rng.IntN(5) == 0 {
 			return nil
 		}
-		return rng.Int32() - rng.Int32()
+		return int32(rng.Uint32()) // any INT, negative ones included
 	case "v":
 		return rng.Int32N(2_000_000) - 1_000_000
 	case "s":
