@@ -276,7 +276,7 @@ func (e *Engine) checkWhole() error {
 // now, and returns how many were pending. Copying one back may displace
 // others, which the next call restores.
 func (e *Engine) Restore(ctx context.Context) (int, error) {
-	s := e.newSource()
+	s := e.rows
 	pending := e.displaced.list()
 	if len(pending) > 0 {
 		e.log.Info("copying back rows displaced by transient unique key conflicts", zap.Int("rows", len(pending)))

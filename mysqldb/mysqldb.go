@@ -71,6 +71,7 @@ type Engine struct {
 	// conflict, to copy back (displace.go).
 	displaced displacedSet
 	uniques   []uniqueIndex // the shadow's other unique indexes
+	rows      *source       // key predicates and row-copy SQL, set with the plan
 	// What this run created, so that cleanup never drops a leftover that
 	// preflight refused to touch.
 	createdShadow, createdChangelog bool

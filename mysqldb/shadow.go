@@ -44,7 +44,8 @@ func (e *Engine) CreateShadow(ctx context.Context, c *alter.Clauses) (*engine.Pl
 	for i := range e.src.Columns {
 		pos[&e.src.Columns[i]] = i
 	}
-	e.uniques = e.uniqueIndexes(pos, e.newSource())
+	e.rows = e.newSource()
+	e.uniques = e.uniqueIndexes(pos, e.rows)
 	var def string
 	if err := e.meta.QueryRowContext(ctx, "SHOW CREATE TABLE "+e.qt(n.shadow)).Scan(new(string), &def); err != nil {
 		return nil, fmt.Errorf("reading the shadow's definition: %w", err)

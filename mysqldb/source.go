@@ -70,7 +70,7 @@ type source struct {
 }
 
 // Source returns the chunk operations for the table.
-func (e *Engine) Source() copier.Source { return e.newSource() }
+func (e *Engine) Source() copier.Source { return e.rows }
 
 func (e *Engine) newSource() *source {
 	s := &source{e: e}

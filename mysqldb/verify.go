@@ -85,7 +85,7 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 			return nil, fmt.Errorf("opening a consistent snapshot: %w", err)
 		}
 	}
-	v := &view{s: e.newSource(), conn: c}
+	v := &view{s: e.rows, conn: c}
 	var src, dst []string
 	for _, m := range e.mapping {
 		if s, d, ok := verifyExprs(m); ok {
@@ -126,7 +126,7 @@ func (v *view) Close() error {
 // from the source. Like the copy, it may read rows newer than the applier
 // has reached; later events bring them along.
 func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
-	s := e.newSource()
+	s := e.rows
 	return e.inTx(ctx, func(tx *sql.Tx) error {
 		where, args := s.dst.where(c.After, c.End)
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+e.qt(e.names.shadow)+" WHERE "+where, args...); err != nil {

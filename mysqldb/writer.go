@@ -36,7 +36,7 @@ type writer struct {
 
 // Writer returns the applier side of the engine.
 func (e *Engine) Writer() applier.Writer {
-	w := &writer{e: e, src: e.newSource()}
+	w := &writer{e: e, src: e.rows}
 	pos := map[*column]int{}
 	for i := range e.src.Columns {
 		pos[&e.src.Columns[i]] = i
