@@ -33,7 +33,6 @@ type Applier struct {
 
 	applied atomic.Int64 // row changes applied
 	backlog atomic.Int64 // events read from the stream, not yet applied
-	pos     atomic.Value // string: stream position of the last commit read
 }
 
 // New returns an applier; maxBatch bounds the row changes per transaction.
@@ -41,9 +40,7 @@ func New(stream replication.Stream, w Writer, onMarker MarkerFunc, maxBatch int)
 	if maxBatch < 1 {
 		maxBatch = 1
 	}
-	a := &Applier{stream: stream, writer: w, onMarker: onMarker, maxBatch: maxBatch}
-	a.pos.Store("")
-	return a
+	return &Applier{stream: stream, writer: w, onMarker: onMarker, maxBatch: maxBatch}
 }
 
 // Applied is the number of row changes applied so far.
@@ -51,9 +48,6 @@ func (a *Applier) Applied() int64 { return a.applied.Load() }
 
 // Backlog is the number of stream events read but not applied yet.
 func (a *Applier) Backlog() int64 { return a.backlog.Load() }
-
-// Position is the stream position of the last transaction read.
-func (a *Applier) Position() string { return a.pos.Load().(string) }
 
 type item struct {
 	ev  replication.Event
@@ -124,9 +118,7 @@ func (a *Applier) Run(ctx context.Context) error {
 				if err := a.onMarker(ctx, *ev.Marker); err != nil {
 					return err
 				}
-			case ev.Commit:
-				a.pos.Store(ev.Pos)
-			default:
+			default: // batches span source transactions; a commit adds nothing
 				batch = append(batch, ev.Changes...)
 			}
 			if len(batch) >= a.maxBatch {

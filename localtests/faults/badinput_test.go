@@ -44,6 +44,19 @@ func newT(t *testing.T) *env {
 	return e
 }
 
+// runOnFreshT runs osc --execute with alter on a fresh table t, expects
+// the exit code and phrases, and checks t is untouched and writable.
+func runOnFreshT(t *testing.T, alter string, code int, phrases ...string) *env {
+	t.Helper()
+	e := newT(t)
+	before := e.state(t, "t")
+	o, _ := e.options(t, "t", alter)
+	o.Execute = true
+	run(t, o, code, phrases...)
+	e.assertUntouched(t, "t", before, insertT)
+	return e
+}
+
 // TestBadAlter: ALTER text osc or the server rejects is a usage error (2).
 func TestBadAlter(t *testing.T) {
 	t.Parallel()
@@ -63,12 +76,7 @@ func TestBadAlter(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			e := newT(t)
-			before := e.state(t, "t")
-			o, _ := e.options(t, "t", c.alter)
-			o.Execute = true
-			run(t, o, migration.ExitUsage, c.phrases...)
-			e.assertUntouched(t, "t", before, insertT)
+			e := runOnFreshT(t, c.alter, migration.ExitUsage, c.phrases...)
 			if e.exists(t, "u") {
 				t.Errorf("table u exists: the rename went through")
 			}
@@ -345,12 +353,7 @@ func TestLossyTypeChange(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			e := newT(t)
-			before := e.state(t, "t")
-			o, _ := e.options(t, "t", c.alter)
-			o.Execute = true
-			run(t, o, migration.ExitFailed, c.phrases...)
-			e.assertUntouched(t, "t", before, insertT)
+			runOnFreshT(t, c.alter, migration.ExitFailed, c.phrases...)
 		})
 	}
 }

@@ -306,9 +306,6 @@ func (s *MySQL) ReplicaDSN(database string) string {
 }
 
 // Config returns the driver config behind DSN, for tests that need to tweak it.
-func (s *MySQL) Config(database string) *mysql.Config {
-	return s.config(s.Port, database)
-}
 
 func (s *MySQL) config(port int, database string) *mysql.Config {
 	cfg := mysql.NewConfig()
