@@ -2,21 +2,33 @@
 # servers.sh — throwaway database servers for osc's integration tests.
 #
 # Usage:
-#   servers.sh install      install the server packages if missing (apt-get, Debian)
-#   servers.sh start DIR    start a MariaDB primary + replica on free loopback ports,
-#                           data under DIR; writes DIR/env and DIR/pids
+#   servers.sh install      install the server packages if missing (apt-get, Debian):
+#                           MariaDB and PostgreSQL 15
+#   servers.sh start DIR    start, on free loopback ports with data under DIR:
+#                           - a MariaDB primary + replica (GTID replication)
+#                           - a PostgreSQL primary (wal_level=logical) + a hot
+#                             standby streaming from it (pg_basebackup -R)
+#                           writes DIR/env and DIR/pids
 #   servers.sh stop DIR     stop only the processes recorded in DIR/pids, then delete
 #                           what start created in DIR
 #   servers.sh env DIR      print DIR/env (KEY=value lines, suitable for `set -a; . DIR/env`)
+#
+# DIR/env holds OSC_TEST_MYSQL_{HOST,PORT,REPLICA_PORT,USER,PASSWORD,SOCKET,
+# REPLICA_SOCKET}, OSC_TEST_PG_{HOST,PORT,STANDBY_PORT,USER,PASSWORD,SOCKET_DIR}
+# and OSC_TEST_SERVERS_DIR. Both servers have a superuser osc (password osc);
+# PostgreSQL trusts local-socket connections and wants a password over TCP.
+# As root, PostgreSQL runs as the postgres OS user (it refuses to run as root).
 #
 # Environment:
 #   OSC_SERVERS_WATCH_PID   with `start`: also start a watchdog that runs `stop DIR`
 #                           as soon as this PID exits (so a killed test run never
 #                           leaves servers behind)
 #   OSC_SERVERS_TIMEOUT     seconds to wait for a server / the replica (default 60)
+#   OSC_PG_BINDIR           directory of the PostgreSQL server binaries (default:
+#                           /usr/lib/postgresql/15/bin, else pg_config --bindir)
 #
 # Nothing here touches servers it did not start, except that `install` stops the
-# Debian package's own system service if installing the package started it.
+# Debian packages' own system services if installing the packages started them.
 set -euo pipefail
 
 PROG=servers.sh
@@ -57,6 +69,35 @@ mariadb_bins() {
 	CLIENT_BIN=$(find_bin mariadb mysql) || die "mariadb client not found (run: $SELF install)"
 }
 
+PG_VERSION=15
+PG_BIN_NAMES=(postgres initdb pg_basebackup psql)
+
+# pg_bindir prints the directory of the PostgreSQL binaries: $OSC_PG_BINDIR, else
+# Debian's /usr/lib/postgresql/15/bin, else pg_config --bindir or initdb's
+# directory on PATH if that is PostgreSQL 15 or later.
+pg_bindir() {
+	local d c ok v cands=()
+	if [ -n "${OSC_PG_BINDIR:-}" ]; then
+		for c in "${PG_BIN_NAMES[@]}"; do [ -x "$OSC_PG_BINDIR/$c" ] || return 1; done
+		echo "$OSC_PG_BINDIR"
+		return 0
+	fi
+	if d=$(pg_config --bindir 2>/dev/null); then cands+=("$d"); fi
+	if c=$(command -v initdb 2>/dev/null); then cands+=("$(dirname "$c")"); fi
+	for d in "/usr/lib/postgresql/$PG_VERSION/bin" "${cands[@]}"; do
+		ok=1
+		for c in "${PG_BIN_NAMES[@]}"; do [ -x "$d/$c" ] || ok=0; done
+		[ $ok = 1 ] || continue
+		if [ "$d" != "/usr/lib/postgresql/$PG_VERSION/bin" ]; then
+			v=$("$d/postgres" --version 2>/dev/null | sed -n 's/^postgres (PostgreSQL) \([0-9][0-9]*\).*/\1/p')
+			if [ -z "$v" ] || [ "$v" -lt "$PG_VERSION" ]; then continue; fi
+		fi
+		echo "$d"
+		return 0
+	done
+	return 1
+}
+
 as_root() {
 	if [ "$(id -u)" = 0 ]; then
 		"$@"
@@ -84,21 +125,9 @@ apt_install() {
 # ---------------------------------------------------------------------------
 # install
 
-install_mariadb() {
-	if find_bin mariadbd mysqld >/dev/null && find_bin mariadb-install-db mysql_install_db >/dev/null &&
-		find_bin mariadb mysql >/dev/null; then
-		return 0
-	fi
-	local was_running=0
-	if system_service_running mariadb; then was_running=1; fi
-	apt_install mariadb-server mariadb-client
-	# The package's postinst may start its own system service (where no
-	# policy-rc.d forbids it). The tests never use it: stop it, unless it was
-	# already running before we installed.
-	if [ "$was_running" = 0 ] && system_service_running mariadb; then
-		log "stopping the mariadb system service started by the package"
-		as_root service mariadb stop >/dev/null 2>&1 || log "warning: could not stop the mariadb system service"
-	fi
+mariadb_present() {
+	find_bin mariadbd mysqld >/dev/null && find_bin mariadb-install-db mysql_install_db >/dev/null &&
+		find_bin mariadb mysql >/dev/null
 }
 
 system_service_running() {
@@ -106,12 +135,35 @@ system_service_running() {
 	service "$1" status >/dev/null 2>&1
 }
 
-# install_postgresql: PostgreSQL 15 (initdb, postgres) goes here.
-# install_postgresql() { ... }
-
 cmd_install() {
-	install_mariadb
-	# install_postgresql
+	local pkgs=() services=() before=() i
+	if ! mariadb_present; then
+		pkgs+=(mariadb-server mariadb-client)
+		services+=(mariadb)
+	fi
+	if ! pg_bindir >/dev/null; then
+		pkgs+=("postgresql-$PG_VERSION" "postgresql-client-$PG_VERSION")
+		services+=(postgresql)
+	fi
+	[ ${#pkgs[@]} -gt 0 ] || return 0
+	for i in "${!services[@]}"; do
+		before[i]=0
+		if system_service_running "${services[i]}"; then before[i]=1; fi
+	done
+	apt_install "${pkgs[@]}"
+	# The packages' postinst may start their own system services (where no
+	# policy-rc.d forbids it): mariadb, and the Debian cluster 15/main behind
+	# the postgresql service. The tests never use them: stop them, unless
+	# they were already running before we installed.
+	for i in "${!services[@]}"; do
+		if [ "${before[i]}" = 0 ] && system_service_running "${services[i]}"; then
+			log "stopping the ${services[i]} system service started by the package"
+			as_root service "${services[i]}" stop >/dev/null 2>&1 ||
+				log "warning: could not stop the ${services[i]} system service"
+		fi
+	done
+	mariadb_present || die "MariaDB binaries still not found after installing ${pkgs[*]}"
+	pg_bindir >/dev/null || die "PostgreSQL $PG_VERSION binaries still not found after installing ${pkgs[*]}"
 }
 
 # ---------------------------------------------------------------------------
@@ -278,11 +330,244 @@ start_mariadb() {
 }
 
 # ---------------------------------------------------------------------------
+# PostgreSQL
+
+# Layout (PG_BASE is DIR/pg, see pg_layout for the exception):
+#   PG_BASE/run                  unix sockets of both servers
+#   PG_BASE/primary/data         primary's data directory; postgres.log its log
+#   PG_BASE/standby/data         standby's (a pg_basebackup -R of the primary)
+
+# pg_user_exec CMD... execs CMD as the OS user the PostgreSQL servers run as:
+# postgres when we are root (PostgreSQL refuses to run as root), else ourselves.
+# setpriv execs (so `( pg_exec postgres ... ) &` leaves the postmaster's PID in
+# $!); runuser, the fallback, stays CMD's parent, which is why stop also finds
+# postmasters through their postmaster.pid.
+pg_user_exec() {
+	if [ "$PG_AS_OTHER" = 1 ]; then
+		if command -v setpriv >/dev/null 2>&1; then
+			exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
+		fi
+		exec runuser -u postgres -- "$@"
+	fi
+	exec "$@"
+}
+
+# pg_exec CMD... is pg_user_exec from PG_BASE (which that user can enter, unlike
+# perhaps our working directory). It execs: call it in a subshell.
+pg_exec() {
+	cd "$PG_BASE"
+	pg_user_exec "$@"
+}
+
+# pg_can_use PATH: the PostgreSQL OS user can create files in PATH.
+pg_can_use() {
+	(
+		cd /
+		pg_user_exec test -w "$1" -a -x "$1"
+	) 2>/dev/null
+}
+
+# pg_base_of DIR prints where start put DIR's PostgreSQL files.
+pg_base_of() {
+	local ext
+	if [ -f "$1/pg.external" ]; then
+		ext=$(cat "$1/pg.external")
+		if [ -n "$ext" ] && [ -f "$ext/$MARKER" ]; then
+			echo "$ext"
+			return 0
+		fi
+	fi
+	echo "$1/pg"
+}
+
+# pg_layout: sets PG_BIN, PG_AS_OTHER, PG_BASE and PG_SOCK_DIR and creates the
+# directories, owned by the OS user PostgreSQL will run as.
+pg_layout() {
+	PG_BIN=$(pg_bindir) || die "PostgreSQL $PG_VERSION binaries not found (run: $SELF install)"
+	PG_AS_OTHER=0
+	PG_BASE=$DIR/pg
+	mkdir -p "$PG_BASE"
+	if [ "$(id -u)" = 0 ]; then
+		PG_AS_OTHER=1
+		id -u postgres >/dev/null 2>&1 ||
+			die "running as root, but there is no postgres OS user to run PostgreSQL as (run: $SELF install)"
+		chown postgres: "$PG_BASE"
+		if ! pg_can_use "$PG_BASE"; then
+			# mktemp -d makes DIR 0700: let others traverse it (not list it).
+			chmod o+x "$DIR"
+		fi
+		if ! pg_can_use "$PG_BASE"; then
+			# A parent of DIR is closed to postgres (e.g. DIR under /root): use a
+			# directory of its own, recorded for stop in DIR/pg.external. The
+			# servers get -c osc.servers_dir=DIR so that `ours` still knows them.
+			rmdir "$PG_BASE"
+			PG_BASE=$(mktemp -d /tmp/osc-pg.XXXXXX)
+			touch "$PG_BASE/$MARKER"
+			echo "$PG_BASE" >"$DIR/pg.external"
+			chown postgres: "$PG_BASE"
+			pg_can_use "$PG_BASE" || die "the postgres OS user cannot write to $PG_BASE"
+			log "postgres: the postgres OS user cannot reach $DIR; PostgreSQL's files are in $PG_BASE"
+		fi
+	fi
+	PG_SOCK_DIR=$PG_BASE/run
+	# sun_path holds 107 bytes; the socket is PG_SOCK_DIR/.s.PGSQL.PORT.
+	if [ $((${#PG_SOCK_DIR} + 18)) -gt 107 ]; then
+		die "socket path too long: $PG_SOCK_DIR/.s.PGSQL.NNNNN — use a shorter DIR (e.g. under /tmp)"
+	fi
+	mkdir -p "$PG_SOCK_DIR" "$PG_BASE/primary" "$PG_BASE/standby"
+	if [ "$PG_AS_OTHER" = 1 ]; then
+		chown postgres: "$PG_SOCK_DIR" "$PG_BASE/primary" "$PG_BASE/standby"
+	fi
+}
+
+# pg_sql PORT QUERY runs QUERY as the bootstrap superuser over the unix socket,
+# unaligned, no headers.
+pg_sql() {
+	PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 \
+		-h "$PG_SOCK_DIR" -p "$1" -U postgres -d postgres -c "$2"
+}
+
+# init_pg: creates the primary's data directory with initdb (if not there yet).
+init_pg() {
+	local d=$PG_BASE/primary
+	[ ! -f "$d/data/PG_VERSION" ] || return 0
+	if ! (pg_exec "$PG_BIN/initdb" -D "$d/data" -U postgres -E UTF8 --locale=C -A trust \
+		--no-sync --no-instructions) </dev/null >"$d/initdb.log" 2>&1; then
+		tail -n 25 "$d/initdb.log" >&2 || true
+		die "initdb failed (log: $d/initdb.log)"
+	fi
+	# Trust on the unix socket; a password (SCRAM) over TCP, replication included.
+	cat >"$d/data/pg_hba.conf" <<'HBA'
+# TYPE  DATABASE     USER  ADDRESS        METHOD
+local   all          all                  trust
+local   replication  all                  trust
+host    all          all   127.0.0.1/32   scram-sha-256
+host    replication  all   127.0.0.1/32   scram-sha-256
+HBA
+	if [ "$PG_AS_OTHER" = 1 ]; then chown postgres: "$d/data/pg_hba.conf"; fi
+	log "pg-primary: data directory initialized (${SECONDS}s)"
+}
+
+# start_pg NAME: starts postgres on PG_BASE/NAME/data on a free port; sets PORT and PID.
+start_pg() {
+	local name=$1
+	local d=$PG_BASE/$name
+	local attempt
+	for attempt in 1 2 3 4 5; do
+		PORT=$(free_port)
+		local args=(
+			-D "$d/data"
+			-p "$PORT"
+			-k "$PG_SOCK_DIR"
+			-c listen_addresses=127.0.0.1
+			-c wal_level=logical
+			-c max_replication_slots=10
+			-c max_wal_senders=10
+			-c max_connections=200
+			-c hot_standby=on
+			-c shared_buffers=128MB
+			-c fsync=off
+			-c synchronous_commit=off
+			-c full_page_writes=off
+			-c jit=off
+			-c logging_collector=off
+			-c "osc.servers_dir=$DIR"
+		)
+		# See start_mariadb about the redirections. The postmaster handles
+		# SIGINT itself (fast shutdown) although background jobs ignore it.
+		(pg_exec "$PG_BIN/postgres" "${args[@]}") </dev/null >>"$d/postgres.log" 2>&1 &
+		PID=$!
+		echo "pg-$name $PID" >>"$DIR/pids"
+
+		local deadline=$((SECONDS + TIMEOUT))
+		while :; do
+			if ! alive "$PID"; then
+				break
+			fi
+			if [ -S "$PG_SOCK_DIR/.s.PGSQL.$PORT" ] && pg_sql "$PORT" 'SELECT 1' >/dev/null 2>&1; then
+				log "pg-$name: postgres pid $PID listening on 127.0.0.1:$PORT (${SECONDS}s)"
+				return 0
+			fi
+			if [ $SECONDS -ge $deadline ]; then
+				log "pg-$name: postgres did not accept connections within ${TIMEOUT}s; last lines of $d/postgres.log:"
+				tail -n 40 "$d/postgres.log" >&2 || true
+				die "pg-$name failed to start"
+			fi
+			sleep 0.05
+		done
+		if grep -q 'Address already in use' "$d/postgres.log" 2>/dev/null; then
+			log "pg-$name: port $PORT was taken, retrying with another port (attempt $attempt)"
+			mv "$d/postgres.log" "$d/postgres.log.attempt$attempt" 2>/dev/null || true
+			continue
+		fi
+		log "pg-$name: postgres exited during startup; last lines of $d/postgres.log:"
+		tail -n 40 "$d/postgres.log" >&2 || true
+		die "pg-$name failed to start"
+	done
+	die "pg-$name: could not find a free port after 5 attempts"
+}
+
+# pg_up: PostgreSQL's part of start (run in the background, in parallel with
+# MariaDB's): the primary, the osc role, the standby; writes DIR/pg.env.
+pg_up() {
+	init_pg
+	start_pg primary
+	local p_port=$PORT s_port
+	pg_sql "$p_port" "DO \$\$ BEGIN
+		CREATE ROLE osc LOGIN SUPERUSER REPLICATION PASSWORD 'osc';
+	EXCEPTION WHEN duplicate_object THEN
+		ALTER ROLE osc LOGIN SUPERUSER REPLICATION PASSWORD 'osc';
+	END \$\$" >/dev/null || die "creating role osc on the PostgreSQL primary failed"
+
+	local sd=$PG_BASE/standby
+	rm -rf "$sd/data"
+	# -R writes primary_conninfo (with the password) and standby.signal.
+	if ! (
+		export PGPASSWORD=osc
+		pg_exec "$PG_BIN/pg_basebackup" -R -X stream -c fast --no-sync -w \
+			-D "$sd/data" -h 127.0.0.1 -p "$p_port" -U osc
+	) </dev/null >"$sd/basebackup.log" 2>&1; then
+		tail -n 25 "$sd/basebackup.log" >&2 || true
+		die "pg_basebackup of the primary failed (log: $sd/basebackup.log)"
+	fi
+	log "pg-standby: base backup taken (${SECONDS}s)"
+	start_pg standby
+	s_port=$PORT
+
+	local deadline=$((SECONDS + TIMEOUT)) n rec
+	while :; do
+		n=$(pg_sql "$p_port" "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'" 2>/dev/null || true)
+		rec=$(pg_sql "$s_port" 'SELECT pg_is_in_recovery()' 2>/dev/null || true)
+		if [ "${n:-0}" -ge 1 ] && [ "$rec" = t ]; then
+			break
+		fi
+		if [ $SECONDS -ge $deadline ]; then
+			log "pg-standby not streaming after ${TIMEOUT}s (primary's pg_stat_replication:)"
+			pg_sql "$p_port" 'SELECT * FROM pg_stat_replication' >&2 || true
+			tail -n 20 "$sd/postgres.log" >&2 || true
+			die "the PostgreSQL standby failed to start streaming"
+		fi
+		sleep 0.05
+	done
+	log "pg-standby: streaming from the primary (${SECONDS}s)"
+
+	cat >"$DIR/pg.env" <<ENV
+OSC_TEST_PG_HOST=127.0.0.1
+OSC_TEST_PG_PORT=$p_port
+OSC_TEST_PG_STANDBY_PORT=$s_port
+OSC_TEST_PG_USER=osc
+OSC_TEST_PG_PASSWORD=osc
+OSC_TEST_PG_SOCKET_DIR=$PG_SOCK_DIR
+ENV
+}
+
+# ---------------------------------------------------------------------------
 # start
 
 cmd_start() {
 	[ $# -eq 1 ] || usage
 	mariadb_bins
+	pg_bindir >/dev/null || die "PostgreSQL $PG_VERSION binaries not found (run: $SELF install)"
 	mkdir -p "$1"
 	DIR=$(cd "$1" && pwd -P)
 	case "$DIR" in
@@ -295,8 +580,14 @@ cmd_start() {
 	: >"$DIR/pids"
 
 	local ok=0
-	# On any failure, stop whatever this invocation started.
-	trap 'if [ $ok = 0 ]; then log "start failed; stopping what was started"; stop_recorded "$DIR" || true; fi' EXIT
+	PG_JOB=
+	# On any failure, stop whatever this invocation started (PostgreSQL's
+	# background start first, so that it starts nothing more).
+	trap 'if [ $ok = 0 ]; then
+		log "start failed; stopping what was started"
+		if [ -n "$PG_JOB" ]; then kill "$PG_JOB" 2>/dev/null || true; wait "$PG_JOB" 2>/dev/null || true; fi
+		stop_recorded "$DIR" || true
+	fi' EXIT
 
 	local wpid=${OSC_SERVERS_WATCH_PID:-}
 	if [ -n "$wpid" ]; then
@@ -308,6 +599,12 @@ cmd_start() {
 		bash "$SELF" _watch "$DIR" "$wpid" </dev/null >>"$DIR/watchdog.log" 2>&1 &
 		echo "watchdog $!" >>"$DIR/pids"
 	fi
+
+	# PostgreSQL starts in the background, MariaDB meanwhile in the foreground.
+	pg_layout
+	rm -f "$DIR/pg.env"
+	pg_up &
+	PG_JOB=$!
 
 	local p_port p_sock r_port r_sock init_p init_r init_ok=1
 	init_datadir primary &
@@ -360,6 +657,11 @@ cmd_start() {
 	done
 	log "replica: replicating from the primary (gtid $target)"
 
+	local pg_status=0
+	wait "$PG_JOB" || pg_status=$?
+	PG_JOB=
+	if [ $pg_status != 0 ] || [ ! -f "$DIR/pg.env" ]; then die "starting PostgreSQL failed"; fi
+
 	cat >"$DIR/env.tmp" <<EOF
 OSC_TEST_MYSQL_HOST=127.0.0.1
 OSC_TEST_MYSQL_PORT=$p_port
@@ -370,6 +672,7 @@ OSC_TEST_MYSQL_SOCKET=$p_sock
 OSC_TEST_MYSQL_REPLICA_SOCKET=$r_sock
 OSC_TEST_SERVERS_DIR=$DIR
 EOF
+	cat "$DIR/pg.env" >>"$DIR/env.tmp"
 	mv "$DIR/env.tmp" "$DIR/env"
 	ok=1
 	trap - EXIT
@@ -379,24 +682,50 @@ EOF
 # ---------------------------------------------------------------------------
 # stop
 
-# stop_recorded DIR: TERM every recorded process that is still ours, wait, KILL leftovers.
+# stop_recorded DIR: signals every recorded process that is still ours (postgres
+# postmasters SIGINT, a fast shutdown: SIGTERM's smart shutdown would wait for
+# clients; everything else SIGTERM), waits, and kills leftovers.
 stop_recorded() {
-	local dir=$1 name pid
-	[ -f "$dir/pids" ] || return 0
-	local pids=()
-	while read -r name pid; do
-		[ -n "${pid:-}" ] || continue
+	local dir=$1 name pid f base
+	local entries=()
+	if [ -f "$dir/pids" ]; then
+		while read -r name pid; do
+			entries+=("$name ${pid:-}")
+		done <"$dir/pids"
+	fi
+	# Postmasters also by their postmaster.pid: that covers one started by a
+	# `start` killed before it recorded the PID, or started through runuser.
+	base=$(pg_base_of "$dir")
+	for f in "$base/primary/data/postmaster.pid" "$base/standby/data/postmaster.pid"; do
+		[ -r "$f" ] || continue
+		pid=$(head -n 1 "$f" 2>/dev/null) || continue
+		entries+=("pg-pidfile $pid")
+	done
+	[ ${#entries[@]} -gt 0 ] || return 0
+
+	local e pids=() pgpids=() seen=" "
+	for e in "${entries[@]}"; do
+		name=${e%% *} pid=${e#* }
+		[ -n "$pid" ] || continue
 		case "$pid" in *[!0-9]*) continue ;; esac
+		case "$seen" in *" $pid "*) continue ;; esac
+		seen="$seen$pid "
 		# A watchdog running `stop` must not kill itself.
 		[ "$pid" != "$$" ] || continue
 		if alive "$pid" && ours "$dir" "$pid"; then
-			kill -TERM "$pid" 2>/dev/null || true
+			case "$name" in
+			pg-*)
+				kill -INT "$pid" 2>/dev/null || true
+				pgpids+=("$pid")
+				;;
+			*) kill -TERM "$pid" 2>/dev/null || true ;;
+			esac
 			pids+=("$pid")
 		fi
-	done <"$dir/pids"
+	done
 	[ ${#pids[@]} -gt 0 ] || return 0
 
-	local deadline=$((SECONDS + TIMEOUT)) left
+	local deadline=$((SECONDS + TIMEOUT)) left quit=0
 	while :; do
 		left=()
 		for pid in "${pids[@]}"; do
@@ -404,7 +733,16 @@ stop_recorded() {
 		done
 		[ ${#left[@]} -gt 0 ] || return 0
 		if [ $SECONDS -ge $deadline ]; then
-			log "killing processes that did not stop within ${TIMEOUT}s: ${left[*]}"
+			# A postmaster gets SIGQUIT first (immediate shutdown: it takes
+			# its children with it, which SIGKILL would leave behind).
+			if [ $quit = 0 ] && [ ${#pgpids[@]} -gt 0 ]; then
+				log "postgres did not stop within ${TIMEOUT}s; sending SIGQUIT to ${pgpids[*]}"
+				kill -QUIT "${pgpids[@]}" 2>/dev/null || true
+				quit=1
+				deadline=$((SECONDS + 5))
+				continue
+			fi
+			log "killing processes that did not stop in time: ${left[*]}"
 			kill -KILL "${left[@]}" 2>/dev/null || true
 			sleep 0.5
 			return 0
@@ -423,8 +761,13 @@ cmd_stop() {
 	dir=$(cd "$1" && pwd -P)
 	[ -f "$dir/$MARKER" ] || die "$dir was not created by $PROG start (no $MARKER); refusing to touch it"
 	stop_recorded "$dir"
-	rm -rf "${dir:?}/primary" "${dir:?}/replica" "$dir/env" "$dir/env.tmp" "$dir/pids" \
-		"${dir:?}/watchdog.log" "${dir:?}/$MARKER"
+	local pgbase
+	pgbase=$(pg_base_of "$dir")
+	if [ "$pgbase" != "$dir/pg" ]; then
+		rm -rf "${pgbase:?}"
+	fi
+	rm -rf "${dir:?}/primary" "${dir:?}/replica" "${dir:?}/pg" "$dir/pg.env" "$dir/pg.external" \
+		"$dir/env" "$dir/env.tmp" "$dir/pids" "${dir:?}/watchdog.log" "${dir:?}/$MARKER"
 	rmdir "$dir" 2>/dev/null || true
 }
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs the database servers if needed, starts
-# one MariaDB primary + replica for all packages, then `go vet` and `go test`.
+# one MariaDB primary + replica and one PostgreSQL primary + streaming standby
+# for all packages (OSC_TEST_MYSQL_* and OSC_TEST_PG_* from servers.sh's
+# DIR/env), then `go vet` and `go test`.
 #
 #   bash localtests/test.sh                         # everything
 #   bash localtests/test.sh -run TestX ./mysqldb/   # extra args go to `go test`

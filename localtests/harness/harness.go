@@ -1,12 +1,15 @@
-// Package harness gives integration tests throwaway database servers: a
-// MariaDB primary with a replica attached by GTID, both on loopback.
+// Package harness gives integration tests throwaway database servers, all on
+// loopback: a MariaDB primary with a replica attached by GTID (MariaDB), and a
+// PostgreSQL primary (wal_level=logical) with a hot standby streaming from it
+// (Postgres, in postgres.go).
 //
 // The servers come from localtests/servers.sh. localtests/test.sh starts one
-// pair for the whole suite and exports OSC_TEST_MYSQL_*; when those are not
-// set (e.g. `go test ./mysqldb/` by hand), the first call to MariaDB in a test
-// binary starts a private pair in a temp dir, and Main stops it when the tests
-// are done. A watchdog started by servers.sh stops them as well if the test
-// binary dies without running Main (panic, timeout, kill).
+// set for the whole suite and exports OSC_TEST_MYSQL_* and OSC_TEST_PG_*; when
+// those are not set (e.g. `go test ./mysqldb/` by hand), the first call to
+// MariaDB or Postgres in a test binary starts a private set (both databases)
+// in a temp dir, once per test binary, and Main stops it when the tests are
+// done. A watchdog started by servers.sh stops them as well if the test binary
+// dies without running Main (panic, timeout, kill).
 //
 // Typical use:
 //
@@ -87,12 +90,22 @@ type pools struct {
 }
 
 var (
-	sharedMu  sync.Mutex
-	shared    *MySQL
-	sharedErr error
-	startedBy string // dir of servers started by this process, "" if none
+	// sharedMu guards everything below.
+	sharedMu sync.Mutex
 
+	// The servers this process started with servers.sh (once per binary, for
+	// both databases); startedBy is "" if none.
+	startedBy   string
+	startedVars map[string]string // startedBy's DIR/env
+	startErr    error             // why starting them failed (not retried)
+
+	shared         *MySQL
+	sharedErr      error
 	sharedErrShown bool
+
+	sharedPG         *PG
+	sharedPGErr      error
+	sharedPGErrShown bool
 )
 
 func firstLine(err error) string {
@@ -110,7 +123,7 @@ func MariaDB(tb testing.TB) *MySQL {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
 	if shared == nil && sharedErr == nil {
-		shared, sharedErr = setup()
+		shared, sharedErr = setupMySQL()
 	}
 	if sharedErr != nil {
 		if sharedErrShown {
@@ -138,9 +151,13 @@ func Stop() error {
 	if shared != nil && shared.pools != nil {
 		shared.pools.close()
 	}
+	if sharedPG != nil && sharedPG.pools != nil {
+		sharedPG.pools.close()
+	}
 	dir := startedBy
-	startedBy = ""
+	startedBy, startedVars, startErr = "", nil, nil
 	shared, sharedErr, sharedErrShown = nil, nil, false
+	sharedPG, sharedPGErr, sharedPGErrShown = nil, nil, false
 	if dir == "" {
 		return nil
 	}
@@ -151,7 +168,9 @@ func Stop() error {
 	return nil
 }
 
-func setup() (*MySQL, error) {
+// setupMySQL finds the MariaDB servers: from the environment, else those
+// this process starts. sharedMu must be held.
+func setupMySQL() (*MySQL, error) {
 	if os.Getenv(EnvPort) != "" {
 		s, err := fromEnv(os.Getenv)
 		if err != nil {
@@ -163,12 +182,41 @@ func setup() (*MySQL, error) {
 		return s, nil
 	}
 
-	if out, err := runScript(10*time.Minute, nil, "install"); err != nil {
-		return nil, fmt.Errorf("servers.sh install: %v\n%s", err, out)
-	}
-	dir, err := os.MkdirTemp("", "osc-mysql-")
+	dir, vars, err := startServers()
 	if err != nil {
 		return nil, err
+	}
+	s, err := fromEnv(func(k string) string { return vars[k] })
+	if err != nil {
+		return nil, fmt.Errorf("%s/env: %v", dir, err)
+	}
+	s.Dir = dir
+	if err := s.ping(30 * time.Second); err != nil {
+		return nil, fmt.Errorf("servers started in %s but MariaDB is not reachable: %v", dir, err)
+	}
+	return s, nil
+}
+
+// startServers starts this process's servers (MariaDB and PostgreSQL) with
+// servers.sh, the first time it is called, and returns their directory and
+// DIR/env. A failure is remembered: later calls return the same error.
+// sharedMu must be held.
+func startServers() (dir string, vars map[string]string, err error) {
+	if startedVars != nil || startErr != nil {
+		return startedBy, startedVars, startErr
+	}
+	defer func() {
+		if err != nil {
+			startErr = err
+		}
+	}()
+
+	if out, err := runScript(10*time.Minute, nil, "install"); err != nil {
+		return "", nil, fmt.Errorf("servers.sh install: %v\n%s", err, out)
+	}
+	dir, err = os.MkdirTemp("", "osc-test-")
+	if err != nil {
+		return "", nil, err
 	}
 	env := []string{"OSC_SERVERS_WATCH_PID=" + strconv.Itoa(os.Getpid())}
 	began := time.Now()
@@ -177,23 +225,23 @@ func setup() (*MySQL, error) {
 		fmt.Fprintf(os.Stderr, "harness: starting the test servers took %v:\n%s", took.Round(time.Millisecond), out)
 	}
 	if err != nil {
+		// start stops what it started when it fails, but not when it is
+		// killed (timeout): stop, before the directory and its pids go.
+		if _, serr := os.Stat(filepath.Join(dir, ".osc-test-servers")); serr == nil {
+			if stopOut, stopErr := runScript(2*time.Minute, nil, "stop", dir); stopErr != nil {
+				out += fmt.Sprintf("\nservers.sh stop %s: %v\n%s", dir, stopErr, stopOut)
+			}
+		}
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("servers.sh start %s: %v\n%s", dir, err, out)
+		return "", nil, fmt.Errorf("servers.sh start %s: %v\n%s", dir, err, out)
 	}
 	startedBy = dir
-	vars, err := readEnvFile(filepath.Join(dir, "env"))
+	vars, err = readEnvFile(filepath.Join(dir, "env"))
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	s, err := fromEnv(func(k string) string { return vars[k] })
-	if err != nil {
-		return nil, err
-	}
-	s.Dir = dir
-	if err := s.ping(30 * time.Second); err != nil {
-		return nil, fmt.Errorf("servers started in %s but not reachable: %v", dir, err)
-	}
-	return s, nil
+	startedVars = vars
+	return dir, vars, nil
 }
 
 func fromEnv(get func(string) string) (*MySQL, error) {
@@ -339,15 +387,22 @@ func (s *MySQL) OpenReplica(tb testing.TB, database string) *sql.DB {
 
 func openDSN(tb testing.TB, dsn string) *sql.DB {
 	tb.Helper()
-	db, err := sql.Open("mysql", dsn)
+	return openDriver(tb, "mysql", dsn, redact(dsn))
+}
+
+// openDriver opens and pings a database/sql handle, closed at tb.Cleanup;
+// where names the server in error messages (never the password).
+func openDriver(tb testing.TB, driver, dsn, where string) *sql.DB {
+	tb.Helper()
+	db, err := sql.Open(driver, dsn)
 	if err != nil {
-		tb.Fatalf("harness: open: %v", err)
+		tb.Fatalf("harness: open %s: %v", where, err)
 	}
 	tb.Cleanup(func() { db.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
-		tb.Fatalf("harness: ping %s: %v", redact(dsn), err)
+		tb.Fatalf("harness: ping %s: %v", where, err)
 	}
 	return db
 }
@@ -423,7 +478,10 @@ func (s *MySQL) admin(tb testing.TB, replica bool) *sql.DB {
 
 var dbSeq atomic.Int64
 
-// DatabaseName derives a unique database name (<= 64 chars) from a test name.
+// DatabaseName derives a unique database name from a test name: "t_", the
+// test name with every run of other characters than [A-Za-z0-9] made one
+// "_", and a random suffix; at most 63 bytes, which fits both MySQL (64) and
+// PostgreSQL (63).
 func DatabaseName(testName string) string {
 	var b strings.Builder
 	lastUnderscore := false
@@ -444,7 +502,7 @@ func DatabaseName(testName string) string {
 	_, _ = rand.Read(rnd[:])
 	suffix := fmt.Sprintf("_%s%d", hex.EncodeToString(rnd[:]), dbSeq.Add(1))
 	const prefix = "t_"
-	if room := 64 - len(prefix) - len(suffix); len(base) > room {
+	if room := 63 - len(prefix) - len(suffix); len(base) > room {
 		base = base[:room]
 	}
 	return prefix + base + suffix
