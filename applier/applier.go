@@ -80,15 +80,20 @@ func (a *Applier) Run(ctx context.Context) error {
 	}()
 
 	batch := make([]replication.Change, 0, a.maxBatch)
+	acker, _ := a.stream.(replication.Acker)
+	var ack uint64 // last commit in or before the batch, to confirm once applied
 	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+		if len(batch) > 0 {
+			if err := a.writer.Apply(ctx, batch); err != nil {
+				return fmt.Errorf("applying %d captured row changes to the shadow table: %w", len(batch), err)
+			}
+			a.applied.Add(int64(len(batch)))
+			batch = batch[:0]
 		}
-		if err := a.writer.Apply(ctx, batch); err != nil {
-			return fmt.Errorf("applying %d captured row changes to the shadow table: %w", len(batch), err)
+		if acker != nil && ack > 0 {
+			acker.Applied(ack)
+			ack = 0
 		}
-		a.applied.Add(int64(len(batch)))
-		batch = batch[:0]
 		return nil
 	}
 	for {
@@ -118,7 +123,11 @@ func (a *Applier) Run(ctx context.Context) error {
 				if err := a.onMarker(ctx, *ev.Marker); err != nil {
 					return err
 				}
-			default: // batches span source transactions; a commit adds nothing
+			case ev.Commit: // batches span source transactions
+				if ev.Ack > 0 {
+					ack = ev.Ack
+				}
+			default:
 				batch = append(batch, ev.Changes...)
 			}
 			if len(batch) >= a.maxBatch {
