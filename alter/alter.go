@@ -61,6 +61,11 @@ type Clauses struct {
 	// Postgres RENAME a TO b and MySQL CHANGE [COLUMN] a b ... with a != b.
 	// Nil when nothing is renamed.
 	RenamedColumns map[string]string
+
+	// Using maps a column to the USING expression of a Postgres
+	// "ALTER [COLUMN] c [SET DATA] TYPE t USING expr" clause: the copy and
+	// the applier compute the shadow's value with it from the source row.
+	Using map[string]string
 }
 
 // ShadowColumn maps a source-table column to its name in the shadow table;
@@ -247,6 +252,9 @@ func (c *Clauses) inspect(s string, cl []token) *Error {
 		if kw(k) == "TABLE" {
 			return errAt(s, cl[0].pos, `pass only the clauses, e.g. --alter "ADD COLUMN x INT", without the leading "ALTER TABLE <name>": osc applies them to its shadow table itself`)
 		}
+		if d == Postgres {
+			return c.using(s, cl, kw, ident)
+		}
 
 	case "RENAME":
 		switch kw(1) {
@@ -310,6 +318,65 @@ func (c *Clauses) inspect(s string, cl []token) *Error {
 	case "SET":
 		if kw(1) == "SCHEMA" {
 			return errAt(s, cl[0].pos, "SET SCHEMA moves the table to another schema, which osc cannot do; move the table separately")
+		}
+		if d == Postgres && (kw(1) == "LOGGED" || kw(1) == "UNLOGGED") {
+			return errAt(s, cl[0].pos, "SET LOGGED/UNLOGGED is not supported: an unlogged table is not logically replicated, and osc reads concurrent writes from logical replication")
+		}
+		if d == Postgres && kw(1) == "WITHOUT" && kw(2) == "CLUSTER" {
+			return catalogOnly(s, cl)
+		}
+	case "OWNER", "REPLICA", "ENABLE", "DISABLE", "FORCE", "CLUSTER":
+		if d == Postgres {
+			return catalogOnly(s, cl)
+		}
+	case "OF", "NOT":
+		if d == Postgres && (kw(0) == "OF" || kw(1) == "OF") {
+			return notShadow("OF/NOT OF (it ties the table to a composite type)")
+		}
+	}
+	return nil
+}
+
+// catalogOnly refuses a Postgres clause that changes only catalog entries of
+// the table, which osc would have to carry over from the original anyway.
+func catalogOnly(s string, cl []token) *Error {
+	return errAt(s, cl[0].pos, "this clause changes only the catalog, not the rows: run it directly with ALTER TABLE (it needs no rebuild), before or after the migration")
+}
+
+// using records the USING expression of a Postgres ALTER COLUMN ... TYPE
+// clause: everything after the clause's top-level USING keyword.
+func (c *Clauses) using(s string, cl []token, kw func(int) string, ident func(int, string) (string, *Error)) *Error {
+	k := 1
+	if kw(k) == "COLUMN" {
+		k++
+	}
+	typeAt := k + 1
+	if kw(typeAt) == "SET" && kw(typeAt+1) == "DATA" {
+		typeAt += 2
+	}
+	if kw(typeAt) != "TYPE" {
+		return nil
+	}
+	depth := 0
+	for i := typeAt + 1; i < len(cl); i++ {
+		switch t := cl[i]; {
+		case t.is("(") || t.is("["):
+			depth++
+		case t.is(")") || t.is("]"):
+			depth--
+		case depth == 0 && kw(i) == "USING":
+			if i+1 == len(cl) {
+				return errAt(s, t.pos, "USING needs an expression")
+			}
+			col, err := ident(k, "ALTER COLUMN name TYPE type USING expression")
+			if err != nil {
+				return err
+			}
+			if c.Using == nil {
+				c.Using = map[string]string{}
+			}
+			c.Using[col] = s[cl[i+1].pos:cl[len(cl)-1].end]
+			return nil
 		}
 	}
 	return nil

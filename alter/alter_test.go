@@ -102,6 +102,13 @@ var invalidCases = []struct {
 	{"rename quoted", MySQL, "RENAME `t2`", "renaming the table"},
 	{"pg rename to", Postgres, "RENAME TO t2", "renaming the table"},
 	{"pg set schema", Postgres, "SET SCHEMA other", "SET SCHEMA"},
+	{"pg owner", Postgres, "OWNER TO bob", "only the catalog"},
+	{"pg replica identity", Postgres, "REPLICA IDENTITY FULL", "only the catalog"},
+	{"pg disable trigger", Postgres, "ADD COLUMN x int, DISABLE TRIGGER ALL", "only the catalog"},
+	{"pg rls", Postgres, "ENABLE ROW LEVEL SECURITY", "only the catalog"},
+	{"pg unlogged", Postgres, "SET UNLOGGED", "not logically replicated"},
+	{"pg of type", Postgres, "OF some_type", "composite type"},
+	{"pg using without expression", Postgres, "ALTER COLUMN x TYPE int USING", "USING needs an expression"},
 	{"unterminated single quote", MySQL, "ADD COLUMN c CHAR(3) DEFAULT 'abc", "unterminated string"},
 	{"unterminated double quote", MySQL, `ADD COLUMN c CHAR(3) DEFAULT "abc`, "unterminated string"},
 	{"unterminated backtick", MySQL, "ADD COLUMN `x INT", "unterminated quoted identifier"},
@@ -456,4 +463,25 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestUsing(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want map[string]string
+	}{
+		{"ALTER COLUMN x TYPE bigint USING x::bigint", map[string]string{"x": "x::bigint"}},
+		{`ALTER "X" SET DATA TYPE numeric(10, 2) USING round("X", 2), ADD COLUMN y int`, map[string]string{"X": `round("X", 2)`}},
+		{"ALTER COLUMN a TYPE int[] USING ARRAY[a], ALTER COLUMN b TYPE text USING b || 'x' -- c", map[string]string{"a": "ARRAY[a]", "b": "b || 'x'"}},
+		{"ALTER COLUMN Mixed TYPE int", nil},
+		{"ALTER COLUMN d SET DEFAULT 1", nil},
+	} {
+		c, err := Parse(tc.in, Postgres)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.in, err)
+		}
+		if !reflect.DeepEqual(c.Using, tc.want) {
+			t.Errorf("%s: Using = %q, want %q", tc.in, c.Using, tc.want)
+		}
+	}
 }
