@@ -1,6 +1,6 @@
 // Package engine is the contract between the database-neutral orchestrator
-// (package migration) and one database's implementation (package mysqldb;
-// PostgreSQL follows). Everything database-specific — SQL text,
+// (package migration) and one database's implementation (package mysqldb,
+// package pgdb). Everything database-specific — SQL text,
 // introspection, change capture, the swap — lives behind this interface.
 package engine
 
@@ -32,6 +32,11 @@ type Engine interface {
 	Source() copier.Source
 	// Writer applies captured changes to the shadow.
 	Writer() applier.Writer
+	// FinishShadow completes the shadow once every row is copied and the
+	// applier has caught up: the engine may defer work until then, such as
+	// building secondary and unique indexes, which the copy would slow down
+	// and which rows copied ahead of the stream could transiently violate.
+	FinishShadow(ctx context.Context) error
 	// Restore copies again the rows displaced from the shadow on transient
 	// unique key conflicts, and returns how many were pending. Swap fails
 	// while any is missing.

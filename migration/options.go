@@ -16,12 +16,13 @@ import (
 
 // Options configure one online ALTER of one table.
 type Options struct {
-	Driver   string // "mysql" (MySQL and MariaDB); default "mysql"
+	Driver   string // "mysql" (MySQL and MariaDB) or "postgres"; default "mysql"
 	Host     string
-	Port     int
+	Port     int // default 3306 (mysql) or 5432 (postgres)
 	User     string
-	Password string // never logged
+	Password string // never logged; PostgreSQL: empty means PGPASSWORD or ~/.pgpass
 	Database string
+	Schema   string // PostgreSQL schema; default "public"
 	Table    string
 	// Alter is the ALTER clause list without "ALTER TABLE t", e.g.
 	// "ADD COLUMN x INT NOT NULL DEFAULT 0".
@@ -34,12 +35,17 @@ type Options struct {
 	CutOverLockTimeout time.Duration // per cut-over attempt; default 3s
 	CutOverAttempts    int           // default 10
 	DropOldTable       bool          // drop the original after cut-over instead of keeping it as _T_old
-	// InitiallyDropShadow drops shadow/changelog tables left by an earlier run.
+	// InitiallyDropShadow drops shadow/changelog tables left by an earlier
+	// run (PostgreSQL sweeps its own leftovers; this also drops a table in
+	// the shadow's place that osc cannot tell is its own).
 	InitiallyDropShadow bool
 	// InitiallyDropOld drops an old table (_T_old) kept by an earlier run.
 	InitiallyDropOld bool
 	// SkipVerify skips comparing the shadow with the table before cut-over.
-	SkipVerify       bool
+	SkipVerify bool
+	// MaxSlotWALBytes (PostgreSQL) aborts the run when the replication
+	// slot retains more WAL than this; default 10 GiB.
+	MaxSlotWALBytes  int64
 	ThrottleFlagFile string        // copy pauses while this file exists
 	StatusInterval   time.Duration // 0: adaptive (often at start and end)
 	Logger           *zap.Logger   // default: no logging
@@ -48,6 +54,15 @@ type Options struct {
 func (o *Options) defaults() {
 	if o.Driver == "" {
 		o.Driver = "mysql"
+	}
+	if o.Port == 0 {
+		o.Port = map[string]int{"mysql": 3306, "postgres": 5432}[o.Driver]
+	}
+	if o.Driver == "postgres" && o.Schema == "" {
+		o.Schema = "public"
+	}
+	if o.MaxSlotWALBytes == 0 {
+		o.MaxSlotWALBytes = 10 << 30
 	}
 	if o.ChunkSize == 0 {
 		o.ChunkSize = 1000
@@ -73,8 +88,11 @@ func (o *Options) validate() error {
 	if len(missing) > 0 {
 		return &engine.Usage{Reason: fmt.Sprintf("missing %v", missing)}
 	}
-	if o.Driver != "mysql" {
-		return &engine.Usage{Reason: fmt.Sprintf("unknown driver %q (supported: mysql)", o.Driver)}
+	if o.Driver != "mysql" && o.Driver != "postgres" {
+		return &engine.Usage{Reason: fmt.Sprintf("unknown driver %q (supported: mysql, postgres)", o.Driver)}
+	}
+	if o.Driver == "mysql" && o.Schema != "" {
+		return &engine.Usage{Reason: "--schema is for PostgreSQL; MySQL's schema is --database"}
 	}
 	if o.Port <= 0 || o.Port > 65535 {
 		return &engine.Usage{Reason: fmt.Sprintf("invalid port %d", o.Port)}

@@ -19,6 +19,7 @@ import (
 	"github.com/osc-dev/osc/cutover"
 	"github.com/osc-dev/osc/engine"
 	"github.com/osc-dev/osc/mysqldb"
+	"github.com/osc-dev/osc/pgdb"
 	"github.com/osc-dev/osc/replication"
 	"github.com/osc-dev/osc/status"
 	"github.com/osc-dev/osc/throttle"
@@ -56,11 +57,18 @@ func run(ctx context.Context, o *Options, res *Result) (err error) {
 	if err := o.validate(); err != nil {
 		return err
 	}
-	clauses, err := alter.Parse(o.Alter, alter.MySQL)
+	dialect := alter.MySQL
+	if o.Driver == "postgres" {
+		dialect = alter.Postgres
+	}
+	clauses, err := alter.Parse(o.Alter, dialect)
 	if err != nil {
 		return &engine.Usage{Reason: err.Error()}
 	}
 	log := o.Logger.With(zap.String("database", o.Database), zap.String("table", o.Table))
+	if o.Schema != "" {
+		log = log.With(zap.String("schema", o.Schema))
+	}
 	eng, err := newEngine(ctx, o, log)
 	if err != nil {
 		return fmt.Errorf("%w; nothing was changed", err)
@@ -118,6 +126,15 @@ func run(ctx context.Context, o *Options, res *Result) (err error) {
 }
 
 func newEngine(ctx context.Context, o *Options, log *zap.Logger) (engine.Engine, error) {
+	if o.Driver == "postgres" {
+		return pgdb.New(ctx, pgdb.Config{
+			Host: o.Host, Port: o.Port, User: o.User, Password: o.Password,
+			Database: o.Database, Schema: o.Schema, Table: o.Table,
+			InitiallyDropShadow: o.InitiallyDropShadow, InitiallyDropOld: o.InitiallyDropOld,
+			DryRun: !o.Execute, MaxSlotWALBytes: o.MaxSlotWALBytes,
+			Logger: log,
+		})
+	}
 	return mysqldb.New(ctx, mysqldb.Config{
 		Host: o.Host, Port: o.Port, User: o.User, Password: o.Password,
 		Database: o.Database, Table: o.Table,
@@ -205,6 +222,13 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 		return false, err
 	}
 	r.state.Store("catching up")
+	if err := r.settle(ctx); err != nil {
+		return false, err
+	}
+	r.state.Store("finishing the shadow table")
+	if err := r.eng.FinishShadow(ctx); err != nil {
+		return false, err
+	}
 	if err := r.settle(ctx); err != nil {
 		return false, err
 	}

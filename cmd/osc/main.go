@@ -31,13 +31,14 @@ func run(args []string) int {
 	var passwordFile, logFormat string
 	var lockTimeout int
 	var resultJSON, verbose bool
-	fs.StringVar(&o.Driver, "driver", "mysql", "database driver: mysql (MySQL and MariaDB)")
+	fs.StringVar(&o.Driver, "driver", "mysql", "database driver: mysql (MySQL and MariaDB) or postgres")
 	fs.StringVar(&o.Host, "host", "127.0.0.1", "server host")
-	fs.IntVar(&o.Port, "port", 3306, "server port")
+	fs.IntVar(&o.Port, "port", 0, "server port (default 3306 for mysql, 5432 for postgres)")
 	fs.StringVar(&o.User, "user", "", "user name")
 	fs.StringVar(&o.Password, "password", "", "password (visible in ps: prefer OSC_PASSWORD or --password-file)")
 	fs.StringVar(&passwordFile, "password-file", "", "read the password from this file")
-	fs.StringVar(&o.Database, "database", "", "database (schema) of the table")
+	fs.StringVar(&o.Database, "database", "", "database of the table (MySQL: its schema)")
+	fs.StringVar(&o.Schema, "schema", "", "PostgreSQL schema of the table (default public)")
 	fs.StringVar(&o.Table, "table", "", "table to change")
 	fs.StringVar(&o.Alter, "alter", "", `ALTER clauses without "ALTER TABLE t", e.g. "ADD COLUMN x INT NOT NULL DEFAULT 0"`)
 	fs.BoolVar(&o.Execute, "execute", false, "apply the change; without it osc only checks and prints the plan")
@@ -48,13 +49,14 @@ func run(args []string) int {
 	fs.BoolVar(&o.DropOldTable, "drop-old-table", false, "drop the original table after cut-over instead of keeping it as _<table>_old")
 	fs.BoolVar(&o.InitiallyDropShadow, "initially-drop-shadow-table", false, "drop shadow and changelog tables left by an earlier run")
 	fs.BoolVar(&o.InitiallyDropOld, "initially-drop-old-table", false, "drop an old table (_<table>_old) kept by an earlier run")
+	fs.Int64Var(&o.MaxSlotWALBytes, "max-slot-wal-bytes", 0, "PostgreSQL: abort when the replication slot retains more WAL than this (default 10 GiB)")
 	fs.StringVar(&o.ThrottleFlagFile, "throttle-flag-file", "", "pause the copy while this file exists")
 	fs.DurationVar(&o.StatusInterval, "status-interval", 0, "status line interval (default: adaptive)")
 	fs.BoolVar(&resultJSON, "result-json", false, "print the result as JSON on stdout")
 	fs.StringVar(&logFormat, "log-format", "console", "log format on stderr: console or json")
 	fs.BoolVar(&verbose, "verbose", false, "debug logging")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "osc: online schema change for MySQL/MariaDB\n\nusage: osc --host H --port P --user U --database D --table T --alter CLAUSES [--execute]\n\n%s\nexit codes: 0 applied (or dry run ok), 1 failed (original table authoritative), 2 usage or invalid ALTER, 3 refused by preflight\n", fs.FlagUsages())
+		fmt.Fprintf(os.Stderr, "osc: online schema change for MySQL/MariaDB and PostgreSQL\n\nusage: osc [--driver postgres] --host H --port P --user U --database D [--schema S] --table T --alter CLAUSES [--execute]\n\n%s\nexit codes: 0 applied (or dry run ok), 1 failed (original table authoritative), 2 usage or invalid ALTER, 3 refused by preflight\n", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		if err == pflag.ErrHelp {
@@ -122,7 +124,8 @@ func printPlan(w io.Writer, p *engine.Plan) {
 	}
 }
 
-// password takes --password, else --password-file, else OSC_PASSWORD.
+// password takes --password, else --password-file, else OSC_PASSWORD
+// (PostgreSQL: else PGPASSWORD or ~/.pgpass, which the driver reads).
 func password(flag, file string) (string, error) {
 	switch {
 	case flag != "":
@@ -141,6 +144,7 @@ func newLogger(format string, verbose bool) (*zap.Logger, error) {
 	cfg := zap.NewProductionConfig()
 	cfg.OutputPaths = []string{"stderr"}
 	cfg.Sampling = nil
+	cfg.DisableStacktrace = true
 	switch format {
 	case "json":
 	case "console":

@@ -1,0 +1,239 @@
+package pgdb
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/osc-dev/osc/alter"
+)
+
+// colPair maps a copied source column to its shadow column; expr computes
+// the shadow's value from a row of the source (the column itself, or the
+// ALTER's USING expression).
+type colPair struct {
+	src, dst *column
+	expr     string
+}
+
+// statements is the SQL of the copy, the applier and verification, built
+// once with the plan. Key values travel as text, cast to the key's type.
+type statements struct {
+	src, shadow string   // qualified, quoted names
+	alias       string   // the source table's bare name, for USING expressions
+	targets     string   // shadow column list of the copied columns
+	exprs       string   // their values computed from a source row
+	keyCols     []string // quoted source key columns
+	keyNames    []string // the same, unquoted
+	keyTypes    []string
+	shadowKey   string // "(k1, k2)" in the shadow
+	conflict    string // ON CONFLICT clause on the shadow's key
+	repl        []*column
+	pairs       []colPair
+	replPos     map[string]int // replicated source column → position in the stream's rows
+	// cached are update statements by the set of columns present.
+	cached map[string]string
+}
+
+func newStatements(e *Engine) *statements {
+	s := &statements{
+		src: e.qt(e.src.name), shadow: e.qt(e.names.shadow), alias: q(e.src.name),
+		repl: e.src.replicated(), pairs: e.mapping, replPos: map[string]int{}, cached: map[string]string{},
+	}
+	var targets, exprs, skey []string
+	for _, p := range e.mapping {
+		targets = append(targets, q(p.dst.name))
+		exprs = append(exprs, p.expr)
+	}
+	for _, k := range e.key {
+		s.keyCols = append(s.keyCols, q(k.name))
+		s.keyNames = append(s.keyNames, k.name)
+		s.keyTypes = append(s.keyTypes, k.typ)
+		skey = append(skey, q(e.pairFor(k).dst.name))
+	}
+	for i, c := range s.repl {
+		s.replPos[c.name] = i
+	}
+	s.targets = strings.Join(targets, ", ")
+	s.exprs = strings.Join(exprs, ", ")
+	s.shadowKey = "(" + strings.Join(skey, ", ") + ")"
+	s.conflict = " ON CONFLICT " + s.shadowKey + " DO NOTHING"
+	return s
+}
+
+// keyParams returns "($n::t1, $n+1::t2)" starting at parameter n.
+func (s *statements) keyParams(n int) string {
+	ps := make([]string, len(s.keyTypes))
+	for i, t := range s.keyTypes {
+		ps[i] = fmt.Sprintf("$%d::text::%s", n+i, t)
+	}
+	return "(" + strings.Join(ps, ", ") + ")"
+}
+
+func (s *statements) keyList() string { return "(" + strings.Join(s.keyCols, ", ") + ")" }
+
+func (s *statements) keyOrder(desc bool) string {
+	cs := make([]string, len(s.keyCols))
+	for i, c := range s.keyCols {
+		cs[i] = c
+		if desc {
+			cs[i] += " DESC"
+		}
+	}
+	return strings.Join(cs, ", ")
+}
+
+// keyText selects the key columns as text, under names of their own: an
+// output column named like a key column would make ORDER BY sort the text.
+func (s *statements) keyText() string {
+	cs := make([]string, len(s.keyCols))
+	for i, c := range s.keyCols {
+		cs[i] = fmt.Sprintf("%s::text AS osc_key_%d", c, i)
+	}
+	return strings.Join(cs, ", ")
+}
+
+// rangeWhere is the predicate after < key <= end on the given key columns
+// (the source's, or the shadow's); parameters start at $1.
+func (s *statements) rangeWhere(keys string, hasAfter, hasEnd bool) string {
+	var conds []string
+	n := 1
+	if hasAfter {
+		conds = append(conds, keys+" > "+s.keyParams(n))
+		n += len(s.keyCols)
+	}
+	if hasEnd {
+		conds = append(conds, keys+" <= "+s.keyParams(n))
+	}
+	if len(conds) == 0 {
+		return "true"
+	}
+	return strings.Join(conds, " AND ")
+}
+
+// copyRange copies a key range into the shadow. FOR SHARE waits for
+// in-flight writers of those rows and, in READ COMMITTED, reads the
+// version they committed, so a row is never copied older than a change
+// the stream has already delivered (docs/correctness.md).
+func (s *statements) copyRange(hasAfter, hasEnd bool) string {
+	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
+		" FROM ONLY " + s.src + " WHERE " + s.rangeWhere(s.keyList(), hasAfter, hasEnd) + " FOR SHARE" + s.conflict
+}
+
+// rowSource is a one-row subquery holding the stream's values of the
+// present columns under the source's names, so that USING expressions
+// evaluate as they do in the copy. Parameters start at $1.
+func (s *statements) rowSource(present []bool) string {
+	var cols []string
+	n := 1
+	for i, c := range s.repl {
+		if present[i] {
+			cols = append(cols, fmt.Sprintf("$%d AS %s", n, q(c.name)))
+			n++
+		}
+	}
+	return "(SELECT " + strings.Join(cols, ", ") + ") AS " + s.alias
+}
+
+// insert writes a full row image; a row already in the shadow is newer.
+func (s *statements) insert() string {
+	all := make([]bool, len(s.repl))
+	for i := range all {
+		all[i] = true
+	}
+	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
+		" FROM " + s.rowSource(all) + s.conflict
+}
+
+// update sets the shadow columns whose source column is present (an
+// unchanged TOASTed value is not sent, and stays as it is), including the
+// key when it changes; the old key follows the present values' parameters.
+// It returns "" when nothing is to be set.
+func (s *statements) update(present []bool, withKey bool, nPresent int) string {
+	sig := make([]byte, len(present)+1)
+	for i, p := range present {
+		sig[i] = '0'
+		if p {
+			sig[i] = '1'
+		}
+	}
+	sig[len(present)] = '0'
+	if withKey {
+		sig[len(present)] = '1'
+	}
+	if st, ok := s.cached[string(sig)]; ok {
+		return st
+	}
+	var targets, exprs []string
+	for _, p := range s.pairs {
+		i, ok := s.replPos[p.src.name]
+		if !ok || !present[i] || (!withKey && s.isKey(p.src.name)) {
+			continue
+		}
+		targets = append(targets, q(p.dst.name))
+		exprs = append(exprs, p.expr)
+	}
+	st := ""
+	if len(targets) > 0 {
+		st = "UPDATE " + s.shadow + " SET (" + strings.Join(targets, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
+			" FROM " + s.rowSource(present) + ") WHERE " + s.shadowKey + " = " + s.keyParams(nPresent+1)
+	}
+	s.cached[string(sig)] = st
+	return st
+}
+
+func (s *statements) isKey(name string) bool {
+	for _, k := range s.keyNames {
+		if k == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *statements) delete() string {
+	return "DELETE FROM " + s.shadow + " WHERE " + s.shadowKey + " = " + s.keyParams(1)
+}
+
+// deleteMovedOnto removes a row at the new key of a key change ($1..) when
+// the row at the old key (after it) is in the shadow: the update then moves
+// that row onto the new key.
+func (s *statements) deleteMovedOnto() string {
+	n := len(s.keyCols)
+	return "DELETE FROM " + s.shadow + " WHERE " + s.shadowKey + " = " + s.keyParams(1) +
+		" AND EXISTS (SELECT FROM " + s.shadow + " WHERE " + s.shadowKey + " = " + s.keyParams(n+1) + ")"
+}
+
+// copyKey copies one row from the source by key ($1..), for a key change
+// whose old row was not in the shadow and whose new image is incomplete.
+func (s *statements) copyKey() string {
+	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
+		" FROM ONLY " + s.src + " WHERE " + s.keyList() + " = " + s.keyParams(1) + " FOR SHARE" + s.conflict
+}
+
+// verifyExprs render the compared columns on each side: the source's value
+// computed as the copy does and cast to the shadow's type, and the shadow's
+// value; rows are compared by their text.
+func (s *statements) verifyExprs() (src, dst string) {
+	var a, b []string
+	for _, p := range s.pairs {
+		a = append(a, "("+p.expr+")::"+p.dst.typ)
+		b = append(b, q(p.dst.name))
+	}
+	return "ROW(" + strings.Join(a, ", ") + ")", "ROW(" + strings.Join(b, ", ") + ")"
+}
+
+// hashQuery counts a side's rows in a key range and sums a 64-bit hash of
+// each row's text.
+func hashQuery(table, row, where string) string {
+	return "SELECT count(*), coalesce(sum(('x' || left(md5(" + row + "::text), 16))::bit(64)::bigint), 0)::text FROM ONLY " +
+		table + " WHERE " + where
+}
+
+// usingExpr returns the expression computing the shadow's value of a
+// column from the source row.
+func usingExpr(c *alter.Clauses, src string) string {
+	if x, ok := c.Using[src]; ok {
+		return "(" + x + ")"
+	}
+	return q(src)
+}

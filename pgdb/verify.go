@@ -1,0 +1,104 @@
+package pgdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/osc-dev/osc/copier"
+	"github.com/osc-dev/osc/verify"
+)
+
+// lockTx begins a transaction whose lock waits end after timeout.
+func (e *Engine) lockTx(ctx context.Context, timeout time.Duration) (pgx.Tx, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", timeout.Milliseconds())); err != nil {
+		tx.Rollback(ctx)
+		return nil, err
+	}
+	return tx, nil
+}
+
+// lockErr says that a lock was not granted in time, which the cut-over
+// policy retries.
+func (e *Engine) lockErr(what string, err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "55P03" {
+		return fmt.Errorf("%s: lock not granted within the lock timeout (a long transaction holds the table?): %w", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// VerifyView blocks writes to the table (SHARE lock, which waits for
+// in-flight writers), drains the stream so that the shadow holds every
+// change, and takes a REPEATABLE READ snapshot on another connection
+// seeing both tables at that point; then it unlocks and lets the applier
+// go on. The lock is held for the drain only, within lockTimeout.
+func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error, release func()) (verify.View, error) {
+	defer release()
+	deadline := time.Now().Add(lockTimeout)
+	lock, err := e.lockTx(ctx, lockTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Rollback(context.WithoutCancel(ctx))
+	if _, err := lock.Exec(ctx, "LOCK TABLE ONLY "+e.qt(e.src.name)+" IN SHARE MODE"); err != nil {
+		return nil, e.lockErr("locking the table for a consistent view", err)
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	err = drain(dctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("draining the change stream for a consistent view: %w", err)
+	}
+	view, err := e.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	// The first query takes the snapshot, while the table is still locked.
+	if _, err := view.Exec(ctx, "SELECT 1"); err != nil {
+		view.Rollback(ctx)
+		return nil, err
+	}
+	return &pgView{e: e, tx: view}, nil
+}
+
+type pgView struct {
+	e  *Engine
+	tx pgx.Tx
+}
+
+func (v *pgView) Boundary(ctx context.Context, after copier.Key, size int) (copier.Key, bool, error) {
+	st := v.e.sql
+	args := append(keyArgs(after), size-1)
+	k, err := scanKey(v.tx.QueryRow(ctx, fmt.Sprintf("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT 1 OFFSET $%d",
+		st.keyText(), st.src, st.rangeWhere(st.keyList(), after != nil, false), st.keyOrder(false), len(args)), args...), len(st.keyCols))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, true, nil
+	}
+	return k, false, err
+}
+
+func (v *pgView) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
+	st := v.e.sql
+	src, dst := st.verifyExprs()
+	args := keyArgs(c.After, c.End)
+	var n1, n2 int64
+	var h1, h2 string
+	if err := v.tx.QueryRow(ctx, hashQuery(st.src, src, st.rangeWhere(st.keyList(), c.After != nil, c.End != nil)), args...).Scan(&n1, &h1); err != nil {
+		return false, fmt.Errorf("checksumming the table: %w", err)
+	}
+	if err := v.tx.QueryRow(ctx, hashQuery(st.shadow, dst, st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil)), args...).Scan(&n2, &h2); err != nil {
+		return false, fmt.Errorf("checksumming the shadow table: %w", err)
+	}
+	return n1 != n2 || h1 != h2, nil
+}
+
+func (v *pgView) Close() error { return v.tx.Rollback(context.Background()) }

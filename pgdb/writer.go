@@ -1,0 +1,151 @@
+package pgdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/osc-dev/osc/applier"
+	"github.com/osc-dev/osc/replication"
+)
+
+const textOID = 25
+
+// Writer applies changes on the applier's own connection.
+func (e *Engine) Writer() applier.Writer { return (*writer)(e) }
+
+type writer Engine
+
+// Apply sends a batch's statements in one pipeline, which the server runs
+// as one implicit transaction: all of it applies, or none. Values travel
+// as text with their column's type OID, as the stream delivered them.
+func (w *writer) Apply(ctx context.Context, changes []replication.Change) error {
+	st := w.sql
+	b := &pgconn.Batch{}
+	for i := range changes {
+		if err := w.add(b, st, &changes[i]); err != nil {
+			return err
+		}
+	}
+	_, err := w.apply.PgConn().ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "23P01" || pe.Code == "23514" || pe.Code == "23502") {
+			return fmt.Errorf("a write of the application does not fit the new definition: %s; the run stops, no row was changed", pgMessage(err))
+		}
+		return err
+	}
+	return nil
+}
+
+func (w *writer) add(b *pgconn.Batch, st *statements, c *replication.Change) error {
+	switch c.Op {
+	case replication.Insert:
+		vals, oids := rowParams(st, c.After, nil)
+		b.ExecParams(st.insert(), vals, oids, nil, nil)
+	case replication.Delete:
+		key, err := keyValues(st, c.Before)
+		if err != nil {
+			return err
+		}
+		b.ExecParams(st.delete(), key, textOIDs(len(key)), nil, nil)
+	case replication.Update:
+		oldKey, err := keyValues(st, c.Before)
+		if err != nil {
+			return err
+		}
+		newKey, err := keyValues(st, c.After)
+		if err != nil {
+			return err
+		}
+		moved := !sameKey(oldKey, newKey)
+		present := make([]bool, len(c.After))
+		complete := true
+		for i, v := range c.After {
+			_, unchanged := v.(replication.Unchanged)
+			present[i] = !unchanged
+			complete = complete && !unchanged
+		}
+		vals, oids := rowParams(st, c.After, present)
+		if moved {
+			// The row at the new key may have been copied ahead of this
+			// change: it goes when the old row is there to move onto it.
+			b.ExecParams(st.deleteMovedOnto(), append(append([][]byte{}, newKey...), oldKey...), textOIDs(2*len(newKey)), nil, nil)
+		}
+		if u := st.update(present, moved, len(vals)); u != "" {
+			b.ExecParams(u, append(vals, oldKey...), append(oids, textOIDs(len(oldKey))...), nil, nil)
+		}
+		if moved {
+			// The old row was not in the shadow (not copied yet, and now
+			// gone from its range): the new one must come from here.
+			if complete {
+				all, allOIDs := rowParams(st, c.After, nil)
+				b.ExecParams(st.insert(), all, allOIDs, nil, nil)
+			} else {
+				b.ExecParams(st.copyKey(), newKey, textOIDs(len(newKey)), nil, nil)
+			}
+		}
+	default:
+		return fmt.Errorf("unknown change %v", c.Op)
+	}
+	return nil
+}
+
+// rowParams returns the text values and type OIDs of a row's columns that
+// are present (all when present is nil).
+func rowParams(st *statements, row []any, present []bool) ([][]byte, []uint32) {
+	vals := make([][]byte, 0, len(row))
+	oids := make([]uint32, 0, len(row))
+	for i, v := range row {
+		if present != nil && !present[i] {
+			continue
+		}
+		vals = append(vals, textValue(v))
+		oids = append(oids, st.repl[i].typeOID)
+	}
+	return vals, oids
+}
+
+func textValue(v any) []byte {
+	switch x := v.(type) {
+	case nil:
+		return nil
+	case string:
+		return []byte(x)
+	case []byte:
+		return x
+	}
+	return []byte(fmt.Sprint(v))
+}
+
+// keyValues picks the key's values out of a row image.
+func keyValues(st *statements, row []any) ([][]byte, error) {
+	vals := make([][]byte, len(st.keyCols))
+	for i, k := range st.keyNames {
+		v := row[st.replPos[k]]
+		if _, ok := v.(replication.Unchanged); ok || v == nil {
+			return nil, fmt.Errorf("the change stream carried no value for key column %s", q(k))
+		}
+		vals[i] = textValue(v)
+	}
+	return vals, nil
+}
+
+func sameKey(a, b [][]byte) bool {
+	for i := range a {
+		if string(a[i]) != string(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func textOIDs(n int) []uint32 {
+	oids := make([]uint32, n)
+	for i := range oids {
+		oids[i] = textOID
+	}
+	return oids
+}
