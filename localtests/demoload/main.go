@@ -14,14 +14,23 @@ import (
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
+	_ "github.com/jackc/pgx/v5/stdlib"
 )
 
 func main() {
-	dsn := flag.String("dsn", "", "go-sql-driver DSN of the demo database")
+	driver := flag.String("driver", "mysql", "mysql (go-sql-driver DSN) or postgres (pgx URL)")
+	dsn := flag.String("dsn", "", "DSN of the demo database")
 	table := flag.String("table", "orders", "table to write to")
 	rate := flag.Int("rate", 200, "transactions per second")
 	flag.Parse()
-	db, err := sql.Open("mysql", *dsn)
+	name, insert, del, update := "mysql", "INSERT INTO `%s` (customer_id, amount, status) VALUES (?, ?, 'new')",
+		"DELETE FROM `%s` WHERE id = ?", "UPDATE `%s` SET amount = amount + 1, status = 'paid' WHERE id = ?"
+	if *driver == "postgres" {
+		name, insert, del, update = "pgx", `INSERT INTO "%s" (customer_id, amount, status) VALUES ($1, $2, 'new')`,
+			`DELETE FROM "%s" WHERE id = $1`, `UPDATE "%s" SET amount = amount + 1, status = 'paid' WHERE id = $1`
+	}
+	insert, del, update = fmt.Sprintf(insert, *table), fmt.Sprintf(del, *table), fmt.Sprintf(update, *table)
+	db, err := sql.Open(name, *dsn)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demoload:", err)
 		os.Exit(1)
@@ -29,7 +38,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var maxID int64
-	db.QueryRowContext(ctx, "SELECT COALESCE(MAX(id), 0) FROM `"+*table+"`").Scan(&maxID)
+	db.QueryRowContext(ctx, "SELECT COALESCE(MAX(id), 0) FROM "+*table).Scan(&maxID)
 	tick := time.NewTicker(time.Second / time.Duration(*rate))
 	defer tick.Stop()
 	var done, failed int
@@ -44,11 +53,11 @@ func main() {
 		var err error
 		switch rand.IntN(4) {
 		case 0:
-			_, err = db.ExecContext(ctx, "INSERT INTO `"+*table+"` (customer_id, amount, status) VALUES (?, ?, 'new')", rand.IntN(10000), rand.IntN(100000))
+			_, err = db.ExecContext(ctx, insert, rand.IntN(10000), rand.IntN(100000))
 		case 1:
-			_, err = db.ExecContext(ctx, "DELETE FROM `"+*table+"` WHERE id = ?", id)
+			_, err = db.ExecContext(ctx, del, id)
 		default:
-			_, err = db.ExecContext(ctx, "UPDATE `"+*table+"` SET amount = amount + 1, status = 'paid' WHERE id = ?", id)
+			_, err = db.ExecContext(ctx, update, id)
 		}
 		if err != nil && ctx.Err() == nil {
 			failed++
