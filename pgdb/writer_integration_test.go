@@ -1,0 +1,125 @@
+package pgdb
+
+import (
+	"context"
+	"database/sql"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/osc-dev/osc/alter"
+	"github.com/osc-dev/osc/localtests/harness"
+	"github.com/osc-dev/osc/replication"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// shadowEngine prepares an engine with the shadow of table t (created by
+// ddl) and the clauses applied, and the applier's connection, as a run
+// would before applying changes.
+func shadowEngine(t *testing.T, ddl, clauses string) (*Engine, *sql.DB) {
+	t.Helper()
+	srv := harness.Postgres(t)
+	dbName, db := srv.NewDatabase(t)
+	if _, err := db.Exec(ddl); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	e, err := New(ctx, Config{Host: srv.Host, Port: srv.Port, User: srv.User, Password: srv.Password,
+		Database: dbName, Table: "t", Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if err := e.Preflight(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := alter.Parse(clauses, alter.Postgres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateShadow(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if e.apply, err = e.connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return e, db
+}
+
+func rows(t *testing.T, db *sql.DB, query string) string {
+	t.Helper()
+	return strings.Join(harness.Strings(t, db, query), " | ")
+}
+
+func TestWriterKeyChanges(t *testing.T) {
+	e, db := shadowEngine(t, "CREATE TABLE t (id int PRIMARY KEY, big text, n int)", "ADD COLUMN z int NOT NULL DEFAULT 9")
+	// The source holds the row the applier may copy from (key 30).
+	if _, err := db.Exec("INSERT INTO t VALUES (30, 'from-source', 3)"); err != nil {
+		t.Fatal(err)
+	}
+	u := replication.Unchanged{}
+	changes := []replication.Change{
+		{Op: replication.Insert, After: []any{"1", "a", nil}},
+		{Op: replication.Insert, After: []any{"1", "dup", "0"}}, // already there: left alone
+		// A chain of key changes keeps its order: 1 -> 2 -> 3, and the
+		// unchanged TOAST value stays.
+		{Op: replication.Update, Before: []any{"1", u, u}, After: []any{"2", u, "5"}},
+		{Op: replication.Update, Before: []any{"2", u, u}, After: []any{"3", u, "6"}},
+		// The copy brought key 11 ahead of the change moving 10 onto it:
+		// the row at 10 moves and replaces it.
+		{Op: replication.Insert, After: []any{"10", "old", "1"}},
+		{Op: replication.Insert, After: []any{"11", "copied-ahead", "2"}},
+		{Op: replication.Update, Before: []any{"10", u, u}, After: []any{"11", "moved", "1"}},
+		// The old row was never in the shadow: the full new image is written...
+		{Op: replication.Update, Before: []any{"20", u, u}, After: []any{"21", "image", "4"}},
+		// ...or, with an unchanged TOAST value, the row is copied from the table.
+		{Op: replication.Update, Before: []any{"29", u, u}, After: []any{"30", u, "3"}},
+		// An update of a row not copied yet touches nothing.
+		{Op: replication.Update, Before: []any{"40", u, u}, After: []any{"40", "x", "1"}},
+		{Op: replication.Insert, After: []any{"50", nil, nil}},
+		{Op: replication.Delete, Before: []any{"50", u, u}},
+	}
+	if err := e.Writer().Apply(context.Background(), changes); err != nil {
+		t.Fatal(err)
+	}
+	got := rows(t, db, `SELECT concat_ws(',', id, coalesce(big, 'NULL'), coalesce(n::text, 'NULL'), z) FROM "_t_new" ORDER BY id`)
+	want := "3,a,6,9 | 11,moved,1,9 | 21,image,4,9 | 30,from-source,3,9"
+	if got != want {
+		t.Errorf("shadow after apply:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestWriterUsingAndIdentity(t *testing.T) {
+	e, db := shadowEngine(t, "CREATE TABLE t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, digits text, n int, g int GENERATED ALWAYS AS (n * 2) STORED)",
+		"ALTER COLUMN digits TYPE integer USING digits::integer + 1")
+	changes := []replication.Change{
+		{Op: replication.Insert, After: []any{"7", "41", "1"}},
+		{Op: replication.Update, Before: []any{"7", replication.Unchanged{}, replication.Unchanged{}}, After: []any{"7", "99", "3"}},
+		{Op: replication.Insert, After: []any{"8", "1", nil}},
+	}
+	if err := e.Writer().Apply(context.Background(), changes); err != nil {
+		t.Fatal(err)
+	}
+	// The USING expression computes the shadow's value; the generated
+	// column is computed by the shadow from it.
+	if got, want := rows(t, db, `SELECT concat_ws(',', id, digits, g) FROM "_t_new" ORDER BY id`), "7,100,6 | 8,2"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
+
+func TestWriterRejectsWhatBreaksTheNewDefinition(t *testing.T) {
+	e, db := shadowEngine(t, "CREATE TABLE t (id int PRIMARY KEY, n int)", "ADD CONSTRAINT positive CHECK (n > 0)")
+	err := e.Writer().Apply(context.Background(), []replication.Change{
+		{Op: replication.Insert, After: []any{"1", "5"}},
+		{Op: replication.Insert, After: []any{"2", "-1"}},
+	})
+	if err == nil || !strings.Contains(err.Error(), "positive") {
+		t.Fatalf("a write breaking the new CHECK must stop the run naming it, got %v", err)
+	}
+	// The batch is one transaction: nothing of it stays.
+	if got := rows(t, db, `SELECT count(*) FROM "_t_new"`); got != "0" {
+		t.Errorf("a failed batch left %s rows", got)
+	}
+}
