@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/osc-dev/osc/replication"
 )
@@ -33,6 +34,25 @@ type Applier struct {
 
 	applied atomic.Int64 // row changes applied
 	backlog atomic.Int64 // events read from the stream, not yet applied
+	paused  atomic.Bool
+}
+
+// Pause stops (or resumes) applying before the next batch; the stream's
+// events wait meanwhile. An operator's pause-all uses it.
+func (a *Applier) Pause(on bool) { a.paused.Store(on) }
+
+// Paused reports whether the applier is paused.
+func (a *Applier) Paused() bool { return a.paused.Load() }
+
+func (a *Applier) waitResumed(ctx context.Context) error {
+	for a.paused.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // New returns an applier; maxBatch bounds the row changes per transaction.
@@ -97,6 +117,9 @@ func (a *Applier) Run(ctx context.Context) error {
 		return nil
 	}
 	for {
+		if err := a.waitResumed(ctx); err != nil {
+			return err
+		}
 		var it item
 		select {
 		case it = <-ch:

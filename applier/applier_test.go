@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/osc-dev/osc/replication"
 )
@@ -141,5 +142,67 @@ func TestErrorsStopTheRun(t *testing.T) {
 	a = New(&sliceStream{events: []replication.Event{marker("b")}}, &recorder{}, func(context.Context, replication.Marker) error { return markerErr }, 10)
 	if err := a.Run(context.Background()); !errors.Is(err, markerErr) {
 		t.Fatalf("marker error: got %v", err)
+	}
+}
+
+// ackStream is a sliceStream that takes acks.
+type ackStream struct {
+	sliceStream
+	mu    sync.Mutex
+	acked []uint64
+}
+
+func (s *ackStream) Applied(pos uint64) {
+	s.mu.Lock()
+	s.acked = append(s.acked, pos)
+	s.mu.Unlock()
+}
+
+func TestAcksOnlyAppliedCommits(t *testing.T) {
+	s := &ackStream{sliceStream: sliceStream{events: []replication.Event{
+		change(replication.Insert, "a"), {Commit: true, Ack: 10},
+		change(replication.Insert, "b"), {Commit: true, Ack: 20}, marker("end"),
+	}}}
+	rec := &recorder{}
+	done := make(chan struct{})
+	a := New(s, rec, func(context.Context, replication.Marker) error { close(done); return nil }, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.Run(ctx)
+	<-done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.acked) == 0 || s.acked[len(s.acked)-1] != 20 || len(rec.log) != 2 {
+		t.Fatalf("acked %v after applying %v", s.acked, rec.log)
+	}
+
+	// A failed batch confirms nothing.
+	s2 := &ackStream{sliceStream: sliceStream{events: []replication.Event{change(replication.Insert, "a"), {Commit: true, Ack: 10}}}}
+	if err := New(s2, &recorder{fail: errors.New("boom")}, nil, 100).Run(context.Background()); err == nil {
+		t.Fatal("a failed write must stop the run")
+	}
+	if len(s2.acked) != 0 {
+		t.Fatalf("acked %v although nothing was applied", s2.acked)
+	}
+}
+
+func TestPauseHoldsTheApplier(t *testing.T) {
+	rec := &recorder{}
+	a := New(&sliceStream{events: []replication.Event{change(replication.Insert, "a")}}, rec, nil, 100)
+	a.Pause(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.Run(ctx)
+	time.Sleep(100 * time.Millisecond)
+	if a.Applied() != 0 || !a.Paused() {
+		t.Fatalf("a paused applier applied %d changes", a.Applied())
+	}
+	a.Pause(false)
+	deadline := time.Now().Add(2 * time.Second)
+	for a.Applied() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a.Applied() != 1 {
+		t.Fatalf("the resumed applier applied %d changes, want 1", a.Applied())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // Key is the value of the chunking key's columns for one row.
@@ -38,6 +39,7 @@ type Copier struct {
 	src       Source
 	gate      Gate
 	chunkSize atomic.Int64
+	chunkTime atomic.Int64 // target duration of a chunk in ns; 0: fixed size
 	copied    atomic.Int64
 	chunks    atomic.Int64
 	done      atomic.Bool
@@ -56,6 +58,36 @@ func (c *Copier) SetChunkSize(n int) {
 		n = 1
 	}
 	c.chunkSize.Store(int64(n))
+}
+
+// Bounds of an adapting chunk size.
+const (
+	minChunk = 10
+	maxChunk = 100_000
+)
+
+// SetChunkTime sets the time a chunk should take; the chunk size adapts
+// to it after every chunk. 0 keeps the size fixed.
+func (c *Copier) SetChunkTime(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	c.chunkTime.Store(int64(d))
+}
+
+// ChunkTime is the target time per chunk (0: fixed size).
+func (c *Copier) ChunkTime() time.Duration { return time.Duration(c.chunkTime.Load()) }
+
+// adapt moves the chunk size towards the time target, at most doubling or
+// halving it per chunk so that one slow or fast chunk does not swing it.
+func (c *Copier) adapt(rows int64, took time.Duration) {
+	target := c.ChunkTime()
+	if target <= 0 || took <= 0 || rows < int64(c.ChunkSize())/2 {
+		return // a short last chunk says nothing about the rate
+	}
+	size := float64(c.ChunkSize()) * float64(target) / float64(took)
+	size = min(max(size, float64(c.ChunkSize())/2, minChunk), float64(c.ChunkSize())*2, maxChunk)
+	c.SetChunkSize(int(size))
 }
 
 // ChunkSize is the rows per chunk in force.
@@ -86,10 +118,12 @@ func (c *Copier) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("finding the end of chunk %d: %w", c.chunks.Load()+1, err)
 		}
+		began := time.Now()
 		n, err := c.src.Copy(ctx, after, end)
 		if err != nil {
 			return fmt.Errorf("copying chunk %d (keys after %s up to %s): %w", c.chunks.Load()+1, after, end, err)
 		}
+		c.adapt(n, time.Since(began))
 		c.copied.Add(n)
 		c.chunks.Add(1)
 		after = end

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 )
 
 // intSource is an in-memory table of integer keys 1..n; the loop logic is
@@ -85,5 +86,35 @@ func TestGateStopsTheCopy(t *testing.T) {
 	c := New(src, closed{}, 10)
 	if err := c.Run(context.Background()); err == nil || c.Copied() != 0 {
 		t.Fatalf("err %v, copied %d; want the gate's error and nothing copied", err, c.Copied())
+	}
+}
+
+func TestChunkTimeAdapts(t *testing.T) {
+	c := New(nil, nil, 1000)
+	c.adapt(1000, time.Second) // no target: fixed size
+	if c.ChunkSize() != 1000 {
+		t.Fatalf("size changed without a target: %d", c.ChunkSize())
+	}
+	c.SetChunkTime(100 * time.Millisecond)
+	c.adapt(1000, 50*time.Millisecond)
+	if c.ChunkSize() != 2000 {
+		t.Fatalf("a chunk twice as fast as the target should double the size, got %d", c.ChunkSize())
+	}
+	c.adapt(2000, time.Millisecond) // far too fast: at most doubles
+	if c.ChunkSize() != 4000 {
+		t.Fatalf("growth per chunk must be bounded, got %d", c.ChunkSize())
+	}
+	c.adapt(4000, 10*time.Second) // far too slow: at most halves
+	if c.ChunkSize() != 2000 {
+		t.Fatalf("shrinking per chunk must be bounded, got %d", c.ChunkSize())
+	}
+	c.adapt(10, 10*time.Second) // a short last chunk is ignored
+	if c.ChunkSize() != 2000 {
+		t.Fatalf("a short chunk changed the size: %d", c.ChunkSize())
+	}
+	c.SetChunkSize(15)
+	c.adapt(15, time.Hour)
+	if c.ChunkSize() != minChunk {
+		t.Fatalf("size must not fall below %d, got %d", minChunk, c.ChunkSize())
 	}
 }
