@@ -69,6 +69,11 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error) {
 	tag, err := s.pool.Exec(ctx, s.sql.copyRange(after != nil, end != nil), keyArgs(after, end)...)
 	if err != nil {
+		// A column dropped or retyped by someone else's DDL breaks the
+		// copy: say so rather than quote the server's error.
+		if cerr := (*Engine)(s).checkUnchanged(ctx, s.pool); errors.Is(cerr, errDefinitionChanged) {
+			return 0, fmt.Errorf("%w (copying: %s)", cerr, pgMessage(err))
+		}
 		return 0, copyErr(err)
 	}
 	return tag.RowsAffected(), nil

@@ -62,7 +62,7 @@ func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func
 // and indexes with those the run started from. The stream reports DDL only
 // with the next row change, so DDL not followed by a write would otherwise
 // go unnoticed and be undone by the swap.
-func (e *Engine) checkUnchanged(ctx context.Context, tx pgx.Tx) error {
+func (e *Engine) checkUnchanged(ctx context.Context, tx querier) error {
 	now, err := e.loadTable(ctx, tx, e.src.name)
 	if err != nil {
 		return fmt.Errorf("reading the table's definition at cut-over: %w", err)
@@ -80,7 +80,30 @@ func (e *Engine) checkUnchanged(ctx context.Context, tx pgx.Tx) error {
 	if now.oid != e.src.oid || sig(now) != sig(e.src) {
 		return errDefinitionChanged
 	}
+	def, err := e.definitionSig(ctx, tx, now.oid)
+	if err != nil {
+		return fmt.Errorf("reading the table's definition at cut-over: %w", err)
+	}
+	if def != e.srcDef {
+		return errDefinitionChanged
+	}
 	return nil
+}
+
+// definitionSig prints what else the shadow took from the table when it
+// was created and the cut-over does not carry over: each column's NOT
+// NULL, default and collation, and the constraints but foreign keys (which
+// the cut-over rebuilds from the catalog).
+func (e *Engine) definitionSig(ctx context.Context, db querier, oid uint32) (string, error) {
+	var sig string
+	err := db.QueryRow(ctx, `SELECT concat_ws(E'\n',
+		(SELECT string_agg(quote_ident(a.attname) || ' ' || a.attnotnull::text || ' ' || a.attcollation::text
+				|| coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), ''), E'\n' ORDER BY a.attnum)
+			FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+			WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped),
+		(SELECT string_agg(quote_ident(conname) || ' ' || pg_get_constraintdef(oid), E'\n' ORDER BY conname)
+			FROM pg_constraint WHERE conrelid = $1 AND contype <> 'f'))`, oid).Scan(&sig)
+	return sig, err
 }
 
 var errDefinitionChanged = errors.New("the table's definition changed during the run (DDL by someone else): osc stops rather than swap in a table built from the old definition; rerun the migration")
@@ -236,6 +259,16 @@ func (e *Engine) rebuildPlan(ctx context.Context, tx pgx.Tx) (*rebuild, error) {
 	for orig, n := range indexNames {
 		r.add("ALTER INDEX " + schema + "." + q(n) + " RENAME TO " + q(orig))
 	}
+	// The shadow's ALWAYS identity columns were BY DEFAULT for the applier.
+	for _, c := range e.shadow.columns {
+		if c.identity == "a" {
+			r.add("ALTER TABLE " + table + " ALTER COLUMN " + q(c.name) + " SET GENERATED ALWAYS")
+		}
+	}
+	// The owner first: it also hands the new table's identity sequences
+	// to the owner, and a serial's sequence can only be linked to a table
+	// of its own owner.
+	r.add("ALTER TABLE " + table + " OWNER TO " + q(e.src.owner))
 	// Sequences: a serial's sequence is shared and changes owner; an
 	// identity column's own sequence continues where the original's is.
 	for _, s := range seqs {
@@ -251,6 +284,21 @@ func (e *Engine) rebuildPlan(ctx context.Context, tx pgx.Tx) (*rebuild, error) {
 		for _, n := range newSeqs {
 			if n[1] == dst {
 				r.add("SELECT setval(" + lit(n[0]) + "::regclass, last_value, is_called) FROM " + seq)
+				// The new sequence is the table owner's (from the owner
+				// change above) with default privileges: give it the
+				// original's, as nextval and currval check them.
+				grants, err := collect(ctx, tx, `SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+						a.privilege_type, a.is_grantable::text
+					FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = $1::text::regclass`, 3, seq)
+				if err != nil {
+					return nil, err
+				}
+				if len(grants) > 0 {
+					r.add("REVOKE ALL ON SEQUENCE " + n[0] + " FROM " + q(e.src.owner))
+				}
+				for _, g := range grants {
+					r.add("GRANT " + g[1] + " ON SEQUENCE " + n[0] + " TO " + g[0] + grantOption(g[2]))
+				}
 				r.add("ALTER SEQUENCE "+seq+" RENAME TO "+q(derived(unquoteSimple(seqName), "_old")),
 					"ALTER SEQUENCE "+n[0]+" RENAME TO "+seqName)
 			}
@@ -290,8 +338,7 @@ func (e *Engine) rebuildPlan(ctx context.Context, tx pgx.Tx) (*rebuild, error) {
 			r.add("ALTER TABLE " + table + " ENABLE ALWAYS TRIGGER " + t[0])
 		}
 	}
-	// Owner and privileges, exactly as they were.
-	r.add("ALTER TABLE " + table + " OWNER TO " + q(e.src.owner))
+	// Privileges, exactly as they were.
 	if len(grants) > 0 {
 		r.add("REVOKE ALL ON TABLE " + table + " FROM " + q(e.src.owner))
 	}
