@@ -56,6 +56,17 @@ type Engine interface {
 	// objects, sentry, changelog). keepOld keeps the renamed original.
 	Cleanup(ctx context.Context, swapped, keepOld bool) error
 	Close() error
+
+	// LoadValue reads a load variable for --max-load and --critical-load
+	// (MySQL: SHOW GLOBAL STATUS; PostgreSQL: Threads_running, the active
+	// client backends).
+	LoadValue(ctx context.Context, name string) (float64, error)
+	// QueryValue runs the operator's throttle query, read-only, and returns
+	// the first column of its first row as a number.
+	QueryValue(ctx context.Context, query string) (float64, error)
+	// ReplicaLag measures how far a replica ("host:port") is behind the
+	// heartbeat markers written so far.
+	ReplicaLag(ctx context.Context, replica string) (time.Duration, error)
 }
 
 // Plan is what a run will do, shown by a dry run.

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/osc-dev/osc/engine"
+	"github.com/osc-dev/osc/throttle"
 )
 
 // Options configure one online ALTER of one table.
@@ -46,7 +47,36 @@ type Options struct {
 	// MaxSlotWALBytes (PostgreSQL) aborts the run when the replication
 	// slot retains more WAL than this; default 10 GiB.
 	MaxSlotWALBytes  int64
-	ThrottleFlagFile string        // copy pauses while this file exists
+	ThrottleFlagFile string // copy pauses while this file exists
+
+	// ChunkTime is the time a copy chunk should take: the chunk size adapts
+	// to it, starting at ChunkSize. 0 keeps ChunkSize fixed.
+	ChunkTime time.Duration
+	// HeartbeatInterval is how often osc writes a heartbeat through the
+	// change stream, for lag; default 100ms.
+	HeartbeatInterval time.Duration
+	// ThrottleControlReplicas ("host:port") are the replicas (PostgreSQL:
+	// standbys) whose lag behind the heartbeats throttles the copy above
+	// MaxLag. One that cannot be reached throttles too.
+	ThrottleControlReplicas []string
+	MaxLag                  time.Duration // default 1.5s
+	// MaxLoad throttles the copy while a load variable exceeds its limit,
+	// e.g. "Threads_running=25" (PostgreSQL: active client backends).
+	MaxLoad string
+	// CriticalLoad aborts the run when a load variable exceeds its limit
+	// (and still does after CriticalLoadInterval, if set).
+	CriticalLoad         string
+	CriticalLoadInterval time.Duration
+	// ThrottleQuery throttles the copy while it returns a value above 0.
+	ThrottleQuery string
+	// PostponeCutOverFlagFile: while it exists, the run keeps the shadow
+	// current and waits before verification and cut-over.
+	PostponeCutOverFlagFile string
+	// SocketFile is the control socket's path; "" serves none.
+	SocketFile string
+
+	maxLoad, criticalLoad throttle.Limits // parsed by validate
+
 	StatusInterval   time.Duration // 0: adaptive (often at start and end)
 	Logger           *zap.Logger   // default: no logging
 }
@@ -63,6 +93,12 @@ func (o *Options) defaults() {
 	}
 	if o.MaxSlotWALBytes == 0 {
 		o.MaxSlotWALBytes = 10 << 30
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = 100 * time.Millisecond
+	}
+	if o.MaxLag == 0 {
+		o.MaxLag = 1500 * time.Millisecond
 	}
 	if o.ChunkSize == 0 {
 		o.ChunkSize = 1000
@@ -100,6 +136,16 @@ func (o *Options) validate() error {
 	if o.ChunkSize < 1 || o.CutOverAttempts < 1 || o.CutOverLockTimeout < time.Second {
 		return &engine.Usage{Reason: "chunk size and cut-over attempts must be positive, the cut-over lock timeout at least 1s"}
 	}
+	if o.ChunkTime < 0 || o.HeartbeatInterval < 10*time.Millisecond || o.MaxLag < 0 || o.CriticalLoadInterval < 0 {
+		return &engine.Usage{Reason: "chunk time, max lag and the critical load interval must not be negative, the heartbeat interval at least 10ms"}
+	}
+	var err error
+	if o.maxLoad, err = throttle.ParseLimits(o.MaxLoad); err != nil {
+		return &engine.Usage{Reason: "--max-load: " + err.Error()}
+	}
+	if o.criticalLoad, err = throttle.ParseLimits(o.CriticalLoad); err != nil {
+		return &engine.Usage{Reason: "--critical-load: " + err.Error()}
+	}
 	return nil
 }
 
@@ -125,6 +171,7 @@ const (
 	ExitFailed  = 1 // failed; the original table is authoritative and unchanged
 	ExitUsage   = 2 // invalid options or ALTER; nothing was changed
 	ExitRefused = 3 // refused by preflight; nothing was changed
+	ExitAborted = 4 // aborted by the operator; the original table is authoritative, osc removed what it created
 )
 
 // ExitCode maps an error returned by Run to the process exit code.
@@ -138,6 +185,8 @@ func ExitCode(err error) int {
 		return ExitUsage
 	case errors.As(err, &r):
 		return ExitRefused
+	case errors.Is(err, ErrAborted):
+		return ExitAborted
 	}
 	return ExitFailed
 }

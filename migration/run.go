@@ -89,7 +89,7 @@ func run(ctx context.Context, o *Options, res *Result) (err error) {
 		case cerr != nil:
 			log.Error("cleanup failed", zap.Error(cerr))
 			err = errors.Join(err, fmt.Errorf("cleanup failed, drop osc's helper tables by hand (or rerun with --initially-drop-shadow-table): %w", cerr))
-		case err != nil && ExitCode(err) == ExitFailed:
+		case err != nil && (ExitCode(err) == ExitFailed || ExitCode(err) == ExitAborted):
 			err = fmt.Errorf("%w; the original table is unchanged and authoritative, and osc removed what it had created", err)
 		}
 	}()
@@ -109,6 +109,7 @@ func run(ctx context.Context, o *Options, res *Result) (err error) {
 	}
 
 	r := &runner{o: o, eng: eng, log: log, plan: plan, waiters: map[string]chan struct{}{}}
+	r.settings = settings{maxLag: o.MaxLag, maxLoad: o.maxLoad, criticalLoad: o.criticalLoad, throttleQuery: o.ThrottleQuery}
 	swapped, err = r.execute(ctx)
 	res.RowsCopied, res.EventsApplied = r.counters()
 	res.VerifiedChunks, res.RepairedChunks = r.verified.Chunks, r.verified.Repaired
@@ -159,6 +160,11 @@ type runner struct {
 	lagNanos  atomic.Int64 // stream delay seen on the last heartbeat
 	verified  verify.Result
 
+	settings    settings
+	replicaLag  atomic.Int64 // highest control replica lag last measured, ns
+	unpostponed atomic.Bool  // the operator released a postponed cut-over
+	abort       func(error)  // ends the run with a cause
+
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // sync markers by token
 	barrier *barrier
@@ -185,11 +191,14 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	r.applier = applier.New(stream, r.eng.Writer(), r.onMarker, 1000)
-	r.throttler = throttle.New(100 * time.Millisecond)
-	if r.o.ThrottleFlagFile != "" {
-		r.throttler.AddCheck("flag-file", throttle.FlagFile(r.o.ThrottleFlagFile))
-	}
+	r.setupThrottle()
 	r.copier = copier.New(r.eng.Source(), r.throttler, r.o.ChunkSize)
+	r.copier.SetChunkTime(r.o.ChunkTime)
+	stopControl, err := r.serveControl(cancel)
+	if err != nil {
+		return false, err
+	}
+	defer stopControl()
 
 	var bg sync.WaitGroup
 	defer bg.Wait()
@@ -202,9 +211,10 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 			cancel(err)
 		}
 	}()
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); r.heartbeat(actx) }()
 	go func() { defer bg.Done(); r.report(actx) }()
+	go func() { defer bg.Done(); r.watchCriticalLoad(actx, cancel) }()
 	// A failure anywhere cancels ctx with its cause; report the cause.
 	defer func() {
 		if err != nil && context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.Canceled) {
@@ -230,6 +240,9 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 		return false, err
 	}
 	if err := r.settle(ctx); err != nil {
+		return false, err
+	}
+	if err := r.waitPostponed(ctx); err != nil {
 		return false, err
 	}
 	policy := cutover.Policy{What: "cut-over", LockTimeout: r.o.CutOverLockTimeout, MaxAttempts: r.o.CutOverAttempts,
@@ -416,7 +429,7 @@ func (r *runner) onMarker(ctx context.Context, m replication.Marker) error {
 }
 
 func (r *runner) heartbeat(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(r.o.HeartbeatInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -435,7 +448,7 @@ func (r *runner) snapshot() status.Snapshot {
 	done := r.copier != nil && r.copier.Done()
 	s := r.track.Snapshot(time.Now(), r.state.Load().(string), copied, r.plan.RowEstimate, applied,
 		r.applier.Backlog(), r.throttler.Current(), done)
-	s.LagMillis = time.Duration(r.lagNanos.Load()).Milliseconds()
+	s.LagMillis = time.Duration(max(r.lagNanos.Load(), r.replicaLag.Load())).Milliseconds()
 	return s
 }
 

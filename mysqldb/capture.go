@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"time"
 
 	"github.com/osc-dev/osc/replication"
 	"github.com/osc-dev/osc/replication/binlog"
@@ -23,6 +24,7 @@ func (e *Engine) StartCapture(ctx context.Context) (replication.Stream, error) {
 		return nil, fmt.Errorf("creating changelog table %s: %w", e.qt(e.names.changelog), err)
 	}
 	e.createdChangelog = true
+	e.captureStarted = time.Now()
 	pos, err := e.binlogPosition(ctx)
 	if err != nil {
 		return nil, err

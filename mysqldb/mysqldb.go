@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -67,6 +68,10 @@ type Engine struct {
 
 	reader  *binlog.Reader
 	runLock *sql.Conn // holds GET_LOCK for the table during the run
+	// captureStarted is when the changelog began taking heartbeats.
+	captureStarted time.Time
+	replicasMu     sync.Mutex
+	replicas       map[string]*sql.DB // control replicas, by host:port
 	// displaced are rows removed from the shadow on a transient unique key
 	// conflict, to copy back (displace.go).
 	displaced displacedSet
@@ -138,6 +143,9 @@ func (e *Engine) Close() error {
 	}
 	if e.runLock != nil {
 		e.runLock.Close() // releases the named lock
+	}
+	for _, db := range e.replicas {
+		db.Close()
 	}
 	e.data.Close()
 	return e.meta.Close()

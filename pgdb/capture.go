@@ -81,8 +81,14 @@ func (e *Engine) WriteMarker(ctx context.Context, kind, value string) error {
 		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = local"); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", e.names.markerPrefix, kind+":"+value)
-		return err
+		var lsn string
+		if err := tx.QueryRow(ctx, "SELECT pg_logical_emit_message(true, $1, $2)::text", e.names.markerPrefix, kind+":"+value).Scan(&lsn); err != nil {
+			return err
+		}
+		if l, err := parseLSN(lsn); err == nil {
+			e.marks.add(l, time.Now())
+		}
+		return nil
 	})
 }
 
@@ -96,8 +102,14 @@ func (e *Engine) dropCapture(ctx context.Context, sweep bool) error {
 	}
 	var errs []error
 	if sweep || e.createdPublication {
+		var existed bool
+		if sweep {
+			e.pool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", e.names.publication).Scan(&existed)
+		}
 		if _, err := e.pool.Exec(ctx, "DROP PUBLICATION IF EXISTS "+q(e.names.publication)); err != nil {
 			errs = append(errs, fmt.Errorf("dropping publication %s: %w", q(e.names.publication), err))
+		} else if existed {
+			e.log.Info("dropped the publication of an earlier run", zap.String("publication", e.names.publication))
 		}
 	}
 	// The slot is temporary and goes with the reader's connection; the
@@ -106,7 +118,7 @@ func (e *Engine) dropCapture(ctx context.Context, sweep bool) error {
 	for {
 		var active bool
 		var pid *int32
-		err := e.pool.QueryRow(ctx, "SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1", e.names.slot).Scan(&active, &pid)
+		err := e.pool.QueryRow(ctx, "SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", e.names.slot).Scan(&active, &pid)
 		if errors.Is(err, pgx.ErrNoRows) {
 			break
 		}

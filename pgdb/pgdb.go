@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,11 +58,18 @@ type Engine struct {
 	mapping []colPair // source → shadow columns that are copied
 	key     []*column // chunking key (source columns)
 	deps    *dependents
+	// srcDef is the table's defaults, NOT NULLs and constraints as
+	// preflight read them (see definitionSig).
+	srcDef string
 
 	deferred []deferredIndex // shadow indexes built by FinishShadow
 	sql      *statements
 
 	reader *pgoutput.Reader
+	// marks are the markers' WAL positions, for standby lag.
+	marks      marks
+	replicasMu sync.Mutex
+	replicas   map[string]*pgxpool.Pool // control replicas, by host:port
 	// What this run created, so that cleanup never drops what preflight
 	// refused to touch.
 	createdShadow, createdPublication bool
@@ -90,6 +98,17 @@ func newNames(schema, table string) names {
 	}
 }
 
+// slotName is the replication slot's name. Unlike publications (and the
+// run's advisory lock), slots are cluster-wide: the name also carries the
+// database's, or runs on tables of the same name in two databases would
+// take each other's slot (and the second one's sweep would end the first
+// one's stream).
+func slotName(database, schema, table string) string {
+	h := fnv.New64a()
+	h.Write([]byte(database + "\x00" + schema + "." + table))
+	return fmt.Sprintf("osc_%016x", h.Sum64())
+}
+
 // derived returns "_<name><suffix>", shortened with a hash to fit in
 // PostgreSQL's 63-byte identifiers.
 func derived(name, suffix string) string {
@@ -116,6 +135,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg.Schema = "public"
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger, names: newNames(cfg.Schema, cfg.Table)}
+	e.names.slot = slotName(cfg.Database, cfg.Schema, cfg.Table)
 	pc, err := pgxpool.ParseConfig(e.connString())
 	if err != nil {
 		return nil, fmt.Errorf("connection settings: %w", redactErr(err, cfg.Password))
@@ -207,6 +227,9 @@ func (e *Engine) Close() error {
 		if c != nil {
 			c.Close(ctx)
 		}
+	}
+	for _, p := range e.replicas {
+		p.Close()
 	}
 	e.pool.Close()
 	return nil

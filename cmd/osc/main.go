@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/osc-dev/osc/control"
 	"github.com/osc-dev/osc/engine"
 	"github.com/osc-dev/osc/migration"
 )
@@ -51,12 +52,22 @@ func run(args []string) int {
 	fs.BoolVar(&o.InitiallyDropOld, "initially-drop-old-table", false, "drop an old table (_<table>_old) kept by an earlier run")
 	fs.Int64Var(&o.MaxSlotWALBytes, "max-slot-wal-bytes", 0, "PostgreSQL: abort when the replication slot retains more WAL than this (default 10 GiB)")
 	fs.StringVar(&o.ThrottleFlagFile, "throttle-flag-file", "", "pause the copy while this file exists")
+	fs.DurationVar(&o.ChunkTime, "chunk-time", 0, "target time per copy chunk, e.g. 500ms: the chunk size adapts, starting at --chunk-size (default: fixed size)")
+	heartbeat := fs.Int("heartbeat-interval-millis", 100, "how often osc writes a heartbeat through the change stream, for lag")
+	fs.StringSliceVar(&o.ThrottleControlReplicas, "throttle-control-replicas", nil, "host:port of replicas (PostgreSQL: standbys) whose lag throttles the copy")
+	maxLag := fs.Int("max-lag-millis", 1500, "throttle the copy while a control replica lags more than this")
+	fs.StringVar(&o.MaxLoad, "max-load", "", "throttle the copy above these loads, e.g. Threads_running=25 (PostgreSQL: active backends)")
+	fs.StringVar(&o.CriticalLoad, "critical-load", "", "abort the run above these loads, e.g. Threads_running=200")
+	criticalInterval := fs.Int("critical-load-interval-millis", 0, "on critical load, check again after this long before aborting")
+	fs.StringVar(&o.ThrottleQuery, "throttle-query", "", "throttle the copy while this query returns a value above 0")
+	fs.StringVar(&o.PostponeCutOverFlagFile, "postpone-cut-over-flag-file", "", "while this file exists, keep the new table current and wait before cut-over")
+	fs.StringVar(&o.SocketFile, "serve-socket-file", "", "control socket (default: derived from database and table, in the temp directory; \"none\" serves none)")
 	fs.DurationVar(&o.StatusInterval, "status-interval", 0, "status line interval (default: adaptive)")
 	fs.BoolVar(&resultJSON, "result-json", false, "print the result as JSON on stdout")
 	fs.StringVar(&logFormat, "log-format", "console", "log format on stderr: console or json")
 	fs.BoolVar(&verbose, "verbose", false, "debug logging")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "osc: online schema change for MySQL/MariaDB and PostgreSQL\n\nusage: osc [--driver postgres] --host H --port P --user U --database D [--schema S] --table T --alter CLAUSES [--execute]\n\n%s\nexit codes: 0 applied (or dry run ok), 1 failed (original table authoritative), 2 usage or invalid ALTER, 3 refused by preflight\n", fs.FlagUsages())
+		fmt.Fprintf(os.Stderr, "osc: online schema change for MySQL/MariaDB and PostgreSQL\n\nusage: osc [--driver postgres] --host H --port P --user U --database D [--schema S] --table T --alter CLAUSES [--execute]\n\n%s\nexit codes: 0 applied (or dry run ok), 1 failed (original table authoritative), 2 usage or invalid ALTER, 3 refused by preflight, 4 aborted by the operator\n", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		if err == pflag.ErrHelp {
@@ -70,6 +81,15 @@ func run(args []string) int {
 		return migration.ExitUsage
 	}
 	o.CutOverLockTimeout = time.Duration(lockTimeout) * time.Second
+	o.HeartbeatInterval = time.Duration(*heartbeat) * time.Millisecond
+	o.MaxLag = time.Duration(*maxLag) * time.Millisecond
+	o.CriticalLoadInterval = time.Duration(*criticalInterval) * time.Millisecond
+	switch o.SocketFile {
+	case "":
+		o.SocketFile = control.DefaultPath(strings.Trim(o.Database+"."+o.Schema, "."), o.Table)
+	case "none":
+		o.SocketFile = ""
+	}
 	o.SkipVerify = !*verifyFlag
 	log, err := newLogger(logFormat, verbose)
 	if err != nil {
