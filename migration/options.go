@@ -77,8 +77,8 @@ type Options struct {
 
 	maxLoad, criticalLoad throttle.Limits // parsed by validate
 
-	StatusInterval   time.Duration // 0: adaptive (often at start and end)
-	Logger           *zap.Logger   // default: no logging
+	StatusInterval time.Duration // 0: adaptive (often at start and end)
+	Logger         *zap.Logger   // default: no logging
 }
 
 func (o *Options) defaults() {

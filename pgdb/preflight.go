@@ -38,6 +38,9 @@ func (e *Engine) Preflight(ctx context.Context) error {
 		return err
 	}
 	e.src = t
+	if e.srcDef, err = e.definitionSig(ctx, e.pool, t.oid); err != nil {
+		return err
+	}
 	if err := e.checkPrivileges(ctx); err != nil {
 		return err
 	}
