@@ -7,6 +7,7 @@ package cutover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -17,11 +18,23 @@ import (
 // AttemptFunc makes one cut-over attempt with the given lock timeout.
 type AttemptFunc func(ctx context.Context, lockTimeout time.Duration) error
 
+// permanent marks an error another attempt cannot fix.
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
+// Permanent wraps an error that retrying cannot fix (the table's
+// definition changed, a statement the server rejects): Run stops at it.
+func Permanent(err error) error { return permanent{err} }
+
 // Policy bounds the retries.
 type Policy struct {
-	What        string        // what is attempted, for logs: "cut-over"
-	LockTimeout time.Duration // per attempt
-	MaxAttempts int
+	What string // what is attempted, for logs: "cut-over"
+	// LockTimeout is the longest lock wait of an attempt. The first attempt
+	// waits StartLockTimeout (if set and shorter), and each failure doubles
+	// it up to LockTimeout: a short first try costs the application least.
+	LockTimeout, StartLockTimeout time.Duration
+	MaxAttempts                   int
 	// Backoff is the pause after the first failure; it doubles up to
 	// MaxBackoff, with up to 50% jitter added.
 	Backoff, MaxBackoff time.Duration
@@ -33,16 +46,23 @@ func Run(ctx context.Context, p Policy, log *zap.Logger, attempt AttemptFunc) er
 		p.MaxAttempts = 1
 	}
 	backoff := p.Backoff
+	timeout := p.LockTimeout
+	if p.StartLockTimeout > 0 && p.StartLockTimeout < timeout {
+		timeout = p.StartLockTimeout
+	}
 	var last error
 	for i := 1; i <= p.MaxAttempts; i++ {
 		start := time.Now()
-		err := attempt(ctx, p.LockTimeout)
+		err := attempt(ctx, timeout)
 		if err == nil {
 			log.Info(p.What+" done", zap.Int("attempt", i), zap.Duration("took", time.Since(start)))
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.As(err, new(permanent)) {
+			return fmt.Errorf("%s failed: %w", p.What, err)
 		}
 		last = err
 		if i == p.MaxAttempts {
@@ -57,6 +77,7 @@ func Run(ctx context.Context, p Policy, log *zap.Logger, attempt AttemptFunc) er
 			return ctx.Err()
 		}
 		backoff = min(2*backoff, p.MaxBackoff)
+		timeout = min(2*timeout, p.LockTimeout)
 	}
 	return fmt.Errorf("%s failed after %d attempts, last: %w", p.What, p.MaxAttempts, last)
 }

@@ -55,3 +55,28 @@ func TestStopsOnCancel(t *testing.T) {
 		t.Fatalf("err %v after %d calls; want cancellation after 1", err, calls)
 	}
 }
+
+func TestLockTimeoutGrows(t *testing.T) {
+	var got []time.Duration
+	Run(context.Background(), Policy{LockTimeout: time.Second, StartLockTimeout: 300 * time.Millisecond, MaxAttempts: 4, Backoff: time.Millisecond, MaxBackoff: time.Millisecond},
+		zap.NewNop(), func(_ context.Context, lt time.Duration) error { got = append(got, lt); return errors.New("timeout") })
+	want := []time.Duration{300 * time.Millisecond, 600 * time.Millisecond, time.Second, time.Second}
+	if len(got) != len(want) {
+		t.Fatalf("attempts %v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("lock timeouts %v, want %v", got, want)
+		}
+	}
+}
+
+func TestPermanentErrorsStop(t *testing.T) {
+	calls := 0
+	cause := errors.New("the table's definition changed")
+	err := Run(context.Background(), Policy{LockTimeout: time.Second, MaxAttempts: 10, Backoff: time.Millisecond, MaxBackoff: time.Millisecond},
+		zap.NewNop(), func(context.Context, time.Duration) error { calls++; return Permanent(cause) })
+	if calls != 1 || !errors.Is(err, cause) {
+		t.Fatalf("calls %d, err %v; want one attempt and the cause", calls, err)
+	}
+}

@@ -246,7 +246,8 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 		return false, err
 	}
 	policy := cutover.Policy{What: "cut-over", LockTimeout: r.o.CutOverLockTimeout, MaxAttempts: r.o.CutOverAttempts,
-		Backoff: 500 * time.Millisecond, MaxBackoff: 10 * time.Second}
+		StartLockTimeout: max(r.o.CutOverLockTimeout/4, time.Second),
+		Backoff:          500 * time.Millisecond, MaxBackoff: 10 * time.Second}
 	// 5. verify, at one consistent point, and repair what differs.
 	if !r.o.SkipVerify {
 		r.state.Store("verifying")

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+
+	"github.com/osc-dev/osc/cutover"
 )
 
 // Swap is one cut-over attempt, in one transaction: lock the table
@@ -29,7 +31,7 @@ func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func
 	}
 	locked := time.Now()
 	if err := e.checkUnchanged(ctx, tx); err != nil {
-		return err
+		return cutover.Permanent(err)
 	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	err = drain(dctx)
@@ -43,7 +45,12 @@ func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func
 	}
 	for _, st := range r.during {
 		if err := st.run(ctx, tx); err != nil {
-			return e.lockErr(fmt.Sprintf("cut-over statement %q", st.sql), err)
+			err = e.lockErr(fmt.Sprintf("cut-over statement %q", st.sql), err)
+			if !isLockTimeout(err) {
+				// Another attempt would fail the same way.
+				err = cutover.Permanent(fmt.Errorf("%w; the original table is in place with all its dependents: fix the cause (or drop the dependent object) and rerun", err))
+			}
+			return err
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {

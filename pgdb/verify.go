@@ -26,11 +26,16 @@ func (e *Engine) lockTx(ctx context.Context, timeout time.Duration) (pgx.Tx, err
 	return tx, nil
 }
 
+// isLockTimeout reports a lock wait that ended at lock_timeout.
+func isLockTimeout(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55P03"
+}
+
 // lockErr says that a lock was not granted in time, which the cut-over
 // policy retries.
 func (e *Engine) lockErr(what string, err error) error {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "55P03" {
+	if isLockTimeout(err) {
 		return fmt.Errorf("%s: lock not granted within the lock timeout (a long transaction holds the table?): %w", what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
