@@ -95,7 +95,7 @@ func (r *runner) watchCriticalLoad(ctx context.Context, abort func(error)) {
 			return
 		case <-t.C:
 		}
-		reason := r.settings.criticalLimits().Exceeded(ctx, r.eng.LoadValue)
+		reason := r.settings.criticalLimits().Exceeded(ctx, r.readCritical)
 		if reason == "" || ctx.Err() != nil {
 			continue
 		}
@@ -106,13 +106,37 @@ func (r *runner) watchCriticalLoad(ctx context.Context, abort func(error)) {
 				return
 			case <-time.After(wait):
 			}
-			if reason = r.settings.criticalLimits().Exceeded(ctx, r.eng.LoadValue); reason == "" {
+			if reason = r.settings.criticalLimits().Exceeded(ctx, r.readCritical); reason == "" {
 				continue
 			}
 		}
 		abort(fmt.Errorf("critical load reached (%s): osc stopped to protect the server", reason))
 		return
 	}
+}
+
+// readCritical reads a critical load variable. A value that cannot be read
+// (a failed query) is not critical load: it is logged and counts as 0, so
+// that only a value read above its limit aborts the run.
+func (r *runner) readCritical(ctx context.Context, name string) (float64, error) {
+	v, err := r.eng.LoadValue(ctx, name)
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn("cannot read a critical load variable", zap.String("variable", name), zap.Error(err))
+		return 0, nil
+	}
+	return v, err
+}
+
+// checkLoadNames reads every variable of l once, so that one the server
+// does not know is refused when it is set rather than throttling forever
+// (max-load) or never aborting (critical-load).
+func (r *runner) checkLoadNames(ctx context.Context, l throttle.Limits) error {
+	for name := range l {
+		if _, err := r.eng.LoadValue(ctx, name); err != nil {
+			return fmt.Errorf("cannot read %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // postponed reports whether the cut-over must wait: the flag file exists
@@ -212,6 +236,11 @@ func (h *handler) Set(name, value string) error {
 		l, err := throttle.ParseLimits(value)
 		if err != nil {
 			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := (*runner)(h).checkLoadNames(ctx, l); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		s.mu.Lock()
 		if name == control.SettingMaxLoad {

@@ -183,6 +183,14 @@ type barrier struct {
 func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	r.state.Store("starting")
 	r.track = status.NewTracker(time.Now())
+	for _, l := range []struct {
+		flag   string
+		limits throttle.Limits
+	}{{"--max-load", r.o.maxLoad}, {"--critical-load", r.o.criticalLoad}} {
+		if err := r.checkLoadNames(ctx, l.limits); err != nil {
+			return false, &engine.Usage{Reason: l.flag + ": " + err.Error()}
+		}
+	}
 	// 3. capture starts before the first row is copied.
 	stream, err := r.eng.StartCapture(ctx)
 	if err != nil {

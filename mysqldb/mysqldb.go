@@ -72,6 +72,7 @@ type Engine struct {
 	captureStarted time.Time
 	replicasMu     sync.Mutex
 	replicas       map[string]*sql.DB // control replicas, by host:port
+	throttleDB     *sql.DB            // the throttle query's sessions
 	// displaced are rows removed from the shadow on a transient unique key
 	// conflict, to copy back (displace.go).
 	displaced displacedSet
@@ -146,6 +147,9 @@ func (e *Engine) Close() error {
 	}
 	for _, db := range e.replicas {
 		db.Close()
+	}
+	if e.throttleDB != nil {
+		e.throttleDB.Close()
 	}
 	e.data.Close()
 	return e.meta.Close()

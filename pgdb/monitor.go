@@ -27,10 +27,15 @@ func (e *Engine) LoadValue(ctx context.Context, name string) (float64, error) {
 	return 0, fmt.Errorf("unknown load variable %q (PostgreSQL knows Threads_running, alias active_backends: client backends running a statement)", name)
 }
 
-// QueryValue runs the throttle query in a read-only transaction.
+// QueryValue runs the throttle query in a read-only transaction, with the
+// table's schema as search_path (osc's sessions have an empty one), so that
+// the query may name tables unqualified.
 func (e *Engine) QueryValue(ctx context.Context, query string) (float64, error) {
 	var v *float64
 	err := pgx.BeginTxFunc(ctx, e.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT set_config('search_path', $1, true)", q(e.cfg.Schema)); err != nil {
+			return err
+		}
 		var s *string
 		if err := tx.QueryRow(ctx, "SELECT ("+query+")::text").Scan(&s); err != nil && err != pgx.ErrNoRows {
 			return err
