@@ -7,7 +7,9 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -160,14 +162,21 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 // server qualify every name it prints (view and trigger definitions are
 // replayed from that text), row_security=off makes a policy that would
 // hide rows from the copy an error instead, and UTC keeps times exact.
+// The replication connection gets them too: the stream carries values as
+// the walsender prints them, which the applier's session must read back
+// exactly, whatever defaults the database or role set (DateStyle 'SQL,
+// DMY' would swap days and months, IntervalStyle sql_standard flip signs,
+// extra_float_digits 0 round floats).
 func sessionParams() map[string]string {
 	return map[string]string{
-		"search_path":      "",
-		"row_security":     "off",
-		"TimeZone":         "UTC",
-		"DateStyle":        "ISO, YMD",
-		"IntervalStyle":    "postgres",
-		"application_name": "osc",
+		"search_path":        "",
+		"row_security":       "off",
+		"TimeZone":           "UTC",
+		"DateStyle":          "ISO, YMD",
+		"IntervalStyle":      "postgres",
+		"extra_float_digits": "3",
+		"bytea_output":       "hex",
+		"application_name":   "osc",
 	}
 }
 
@@ -183,11 +192,16 @@ func (e *Engine) connString() string {
 }
 
 // replicationConnString is connString with the password (the reader makes
-// its own connection); it never reaches a log.
+// its own connection) and osc's session settings, which fix how the
+// walsender prints values; it never reaches a log.
 func (e *Engine) replicationConnString() string {
 	s := e.connString()
 	if e.cfg.Password != "" {
 		s += " password='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(e.cfg.Password) + "'"
+	}
+	params := sessionParams()
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		s += " " + k + "='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(params[k]) + "'"
 	}
 	return s
 }

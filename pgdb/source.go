@@ -67,7 +67,11 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 
 // Copy copies a chunk in its own short transaction.
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error) {
-	tag, err := s.pool.Exec(ctx, s.sql.copyRange(after != nil, end != nil), keyArgs(after, end)...)
+	var tag pgconn.CommandTag
+	err := retryDeadlock(ctx, func() (err error) {
+		tag, err = s.pool.Exec(ctx, s.sql.copyRange(after != nil, end != nil), keyArgs(after, end)...)
+		return err
+	})
 	if err != nil {
 		// A column dropped or retyped by someone else's DDL breaks the
 		// copy: say so rather than quote the server's error.
@@ -92,12 +96,14 @@ func copyErr(err error) error {
 // source's, in one transaction.
 func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 	st := e.sql
-	return pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "DELETE FROM "+st.shadow+" WHERE "+st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil), keyArgs(c.After, c.End)...); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, st.copyRange(c.After != nil, c.End != nil), keyArgs(c.After, c.End)...)
-		return copyErr(err)
+	return retryDeadlock(ctx, func() error {
+		return pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "DELETE FROM "+st.shadow+" WHERE "+st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil), keyArgs(c.After, c.End)...); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, st.copyRange(c.After != nil, c.End != nil), keyArgs(c.After, c.End)...)
+			return copyErr(err)
+		})
 	})
 }
 

@@ -23,13 +23,16 @@ type writer Engine
 // as text with their column's type OID, as the stream delivered them.
 func (w *writer) Apply(ctx context.Context, changes []replication.Change) error {
 	st := w.sql
-	b := &pgconn.Batch{}
-	for i := range changes {
-		if err := w.add(b, st, &changes[i]); err != nil {
-			return err
+	err := retryDeadlock(ctx, func() error {
+		b := &pgconn.Batch{}
+		for i := range changes {
+			if err := w.add(b, st, &changes[i]); err != nil {
+				return err
+			}
 		}
-	}
-	_, err := w.apply.PgConn().ExecBatch(ctx, b).ReadAll()
+		_, err := w.apply.PgConn().ExecBatch(ctx, b).ReadAll()
+		return err
+	})
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "23P01" || pe.Code == "23514" || pe.Code == "23502") {
