@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -65,12 +66,30 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 	return k, false, nil
 }
 
-// Copy copies a chunk in its own short transaction.
+// nowaitAttempts is how often a chunk is tried without waiting for row
+// locks the application holds, before one attempt that waits.
+const nowaitAttempts = 8
+
+// Copy copies a chunk in its own short transaction. It first tries
+// without waiting for the application's row locks, backing off while
+// they are held, so that it neither deadlocks with the application nor
+// makes it wait behind a chunk waiting for someone else; a chunk whose
+// rows stay busy is finally copied waiting.
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error) {
 	var tag pgconn.CommandTag
 	err := retryDeadlock(ctx, func() (err error) {
-		tag, err = s.pool.Exec(ctx, s.sql.copyRange(after != nil, end != nil), keyArgs(after, end)...)
-		return err
+		for i := 0; ; i++ {
+			nowait := i < nowaitAttempts
+			tag, err = s.pool.Exec(ctx, s.sql.copyRange(after != nil, end != nil, nowait), keyArgs(after, end)...)
+			if !nowait || !isLockTimeout(err) {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(min(time.Duration(5<<i)*time.Millisecond, 200*time.Millisecond)):
+			}
+		}
 	})
 	if err != nil {
 		// A column dropped or retyped by someone else's DDL breaks the
@@ -101,7 +120,7 @@ func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 			if _, err := tx.Exec(ctx, "DELETE FROM "+st.shadow+" WHERE "+st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil), keyArgs(c.After, c.End)...); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, st.copyRange(c.After != nil, c.End != nil), keyArgs(c.After, c.End)...)
+			_, err := tx.Exec(ctx, st.copyRange(c.After != nil, c.End != nil, false), keyArgs(c.After, c.End)...)
 			return copyErr(err)
 		})
 	})

@@ -113,10 +113,16 @@ func (s *statements) rangeWhere(keys string, hasAfter, hasEnd bool) string {
 // copyRange copies a key range into the shadow. FOR SHARE waits for
 // in-flight writers of those rows and, in READ COMMITTED, reads the
 // version they committed, so a row is never copied older than a change
-// the stream has already delivered (docs/correctness.md).
-func (s *statements) copyRange(hasAfter, hasEnd bool) string {
+// the stream has already delivered (docs/postgresql.md). With nowait it
+// fails instead of waiting (55P03): the copy then never waits for the
+// application, so it can never be part of a deadlock with it.
+func (s *statements) copyRange(hasAfter, hasEnd, nowait bool) string {
+	lock := " FOR SHARE"
+	if nowait {
+		lock += " NOWAIT"
+	}
 	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
-		" FROM ONLY " + s.src + " WHERE " + s.rangeWhere(s.keyList(), hasAfter, hasEnd) + " FOR SHARE" + s.conflict
+		" FROM ONLY " + s.src + " WHERE " + s.rangeWhere(s.keyList(), hasAfter, hasEnd) + lock + s.conflict
 }
 
 // rowSource is a one-row subquery holding the stream's values of the
