@@ -211,33 +211,40 @@ func (e *env) describeDiff(a, b string, columns, key []string) string {
 		}
 		return m
 	}
-	ma, mb := rowsOf(a), rowsOf(b)
-	var onlyA, onlyB, differ []string
-	for k, h := range ma {
-		hb, ok := mb[k]
+	onlyA, onlyB, differ := keyDiff(rowsOf(a), rowsOf(b))
+	return fmt.Sprintf("keys (hex) only in %s: %d [%s]; only in %s: %d [%s]; in both but different: %d [%s]",
+		a, len(onlyA), firstKeys(onlyA), b, len(onlyB), firstKeys(onlyB), len(differ), firstKeys(differ))
+}
+
+// keyDiff compares two tables' rows by key: the keys only in a, only in b,
+// and in both with different rows, each sorted.
+func keyDiff(a, b map[string]string) (onlyA, onlyB, differ []string) {
+	for k, r := range a {
+		rb, ok := b[k]
 		switch {
 		case !ok:
 			onlyA = append(onlyA, k)
-		case hb != h:
+		case rb != r:
 			differ = append(differ, k)
 		}
 	}
-	for k := range mb {
-		if _, ok := ma[k]; !ok {
+	for k := range b {
+		if _, ok := a[k]; !ok {
 			onlyB = append(onlyB, k)
 		}
 	}
 	for _, s := range [][]string{onlyA, onlyB, differ} {
 		slices.Sort(s)
 	}
-	first := func(s []string) string {
-		if len(s) > 10 {
-			return strings.Join(s[:10], " ") + fmt.Sprintf(" ... (%d in all)", len(s))
-		}
-		return strings.Join(s, " ")
+	return onlyA, onlyB, differ
+}
+
+// firstKeys lists up to 10 keys for a message.
+func firstKeys(s []string) string {
+	if len(s) > 10 {
+		return strings.Join(s[:10], " ") + fmt.Sprintf(" ... (%d in all)", len(s))
 	}
-	return fmt.Sprintf("keys (hex) only in %s: %d [%s]; only in %s: %d [%s]; in both but different: %d [%s]",
-		a, len(onlyA), first(onlyA), b, len(onlyB), first(onlyB), len(differ), first(differ))
+	return strings.Join(s, " ")
 }
 
 // runAsync starts migration.Run in the background.

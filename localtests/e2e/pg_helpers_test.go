@@ -246,32 +246,9 @@ func (e *pgEnv) describeDiff(a, b string, columns, key []string) string {
 		return m
 	}
 	ma, mb := rowsOf(a), rowsOf(b)
-	var onlyA, onlyB, differ []string
-	for k, r := range ma {
-		rb, ok := mb[k]
-		switch {
-		case !ok:
-			onlyA = append(onlyA, k)
-		case rb != r:
-			differ = append(differ, k)
-		}
-	}
-	for k := range mb {
-		if _, ok := ma[k]; !ok {
-			onlyB = append(onlyB, k)
-		}
-	}
-	for _, s := range [][]string{onlyA, onlyB, differ} {
-		slices.Sort(s)
-	}
-	first := func(s []string) string {
-		if len(s) > 10 {
-			return strings.Join(s[:10], " ") + fmt.Sprintf(" ... (%d in all)", len(s))
-		}
-		return strings.Join(s, " ")
-	}
+	onlyA, onlyB, differ := keyDiff(ma, mb)
 	msg := fmt.Sprintf("distinct keys: %d in %s, %d in %s; keys only in %s: %d [%s]; only in %s: %d [%s]; in both but different: %d [%s]",
-		len(ma), a, len(mb), b, a, len(onlyA), first(onlyA), b, len(onlyB), first(onlyB), len(differ), first(differ))
+		len(ma), a, len(mb), b, a, len(onlyA), firstKeys(onlyA), b, len(onlyB), firstKeys(onlyB), len(differ), firstKeys(differ))
 	if len(differ) > 0 {
 		k := differ[0]
 		msg += fmt.Sprintf("\nfirst differing row %s:\n  %s: %s\n  %s: %s", k, a, pgShorten(ma[k]), b, pgShorten(mb[k]))

@@ -253,25 +253,41 @@ func fromEnv(get func(string) string) (*MySQL, error) {
 		ReplicaSocket: get(EnvReplicaSocket),
 		pools:         &pools{},
 	}
-	if s.Host == "" {
-		s.Host = "127.0.0.1"
-	}
-	if s.User == "" {
-		s.User = "osc"
-		if s.Password == "" {
-			s.Password = "osc"
-		}
-	}
+	defaultLogin(&s.Host, &s.User, &s.Password)
 	var err error
-	if s.Port, err = strconv.Atoi(get(EnvPort)); err != nil {
-		return nil, fmt.Errorf("bad %s: %v", EnvPort, err)
+	if s.Port, err = envPort(get, EnvPort, true); err != nil {
+		return nil, err
 	}
-	if v := get(EnvReplicaPort); v != "" {
-		if s.ReplicaPort, err = strconv.Atoi(v); err != nil {
-			return nil, fmt.Errorf("bad %s: %v", EnvReplicaPort, err)
-		}
+	if s.ReplicaPort, err = envPort(get, EnvReplicaPort, false); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// defaultLogin fills in the test servers' address and login (osc/osc).
+func defaultLogin(host, user, password *string) {
+	if *host == "" {
+		*host = "127.0.0.1"
+	}
+	if *user == "" {
+		*user = "osc"
+		if *password == "" {
+			*password = "osc"
+		}
+	}
+}
+
+// envPort reads a port variable; an optional one may be unset (0).
+func envPort(get func(string) string, key string, required bool) (int, error) {
+	v := get(key)
+	if v == "" && !required {
+		return 0, nil
+	}
+	p, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("bad %s: %v", key, err)
+	}
+	return p, nil
 }
 
 func readEnvFile(path string) (map[string]string, error) {

@@ -107,23 +107,13 @@ func pgFromEnv(get func(string) string) (*PG, error) {
 		SocketDir: get(EnvPGSocketDir),
 		pools:     &pgPools{},
 	}
-	if p.Host == "" {
-		p.Host = "127.0.0.1"
-	}
-	if p.User == "" {
-		p.User = "osc"
-		if p.Password == "" {
-			p.Password = "osc"
-		}
-	}
+	defaultLogin(&p.Host, &p.User, &p.Password)
 	var err error
-	if p.Port, err = strconv.Atoi(get(EnvPGPort)); err != nil {
-		return nil, fmt.Errorf("bad %s: %v", EnvPGPort, err)
+	if p.Port, err = envPort(get, EnvPGPort, true); err != nil {
+		return nil, err
 	}
-	if v := get(EnvPGStandbyPort); v != "" {
-		if p.StandbyPort, err = strconv.Atoi(v); err != nil {
-			return nil, fmt.Errorf("bad %s: %v", EnvPGStandbyPort, err)
-		}
+	if p.StandbyPort, err = envPort(get, EnvPGStandbyPort, false); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
