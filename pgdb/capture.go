@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
@@ -85,8 +86,8 @@ func (e *Engine) WriteMarker(ctx context.Context, kind, value string) error {
 		if err := tx.QueryRow(ctx, "SELECT pg_logical_emit_message(true, $1, $2)::text", e.names.markerPrefix, kind+":"+value).Scan(&lsn); err != nil {
 			return err
 		}
-		if l, err := parseLSN(lsn); err == nil {
-			e.marks.add(l, time.Now())
+		if l, err := pglogrepl.ParseLSN(lsn); err == nil {
+			e.marks.add(uint64(l), time.Now())
 		}
 		return nil
 	})

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -105,21 +106,11 @@ func (e *Engine) ReplicaLag(ctx context.Context, replica string) (time.Duration,
 	if lsn == nil {
 		return 0, fmt.Errorf("%s is not a standby (pg_last_wal_replay_lsn() is NULL)", replica)
 	}
-	replayed, err := parseLSN(*lsn)
+	replayed, err := pglogrepl.ParseLSN(*lsn)
 	if err != nil {
 		return 0, err
 	}
-	return e.marks.lag(replayed, time.Now()), nil
-}
-
-func parseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if !ok || err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bad LSN %q", s)
-	}
-	return h<<32 | l, nil
+	return e.marks.lag(uint64(replayed), time.Now()), nil
 }
 
 // replicaPool connects to a control replica once.

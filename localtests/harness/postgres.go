@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	// The "pgx" database/sql driver.
 	_ "github.com/jackc/pgx/v5/stdlib"
 
@@ -376,7 +377,7 @@ func (p *PG) waitStandby(timeout time.Duration) error {
 	if err := query(primary, &target, "SELECT pg_current_wal_lsn()::text"); err != nil {
 		return fmt.Errorf("primary pg_current_wal_lsn: %v", err)
 	}
-	want, err := parseLSN(target)
+	want, err := pglogrepl.ParseLSN(target)
 	if err != nil {
 		return err
 	}
@@ -388,7 +389,7 @@ func (p *PG) waitStandby(timeout time.Duration) error {
 		if !got.Valid {
 			return fmt.Errorf("the standby is not in recovery (pg_last_wal_replay_lsn() is NULL)")
 		}
-		have, err := parseLSN(got.String)
+		have, err := pglogrepl.ParseLSN(got.String)
 		if err != nil {
 			return err
 		}
@@ -401,17 +402,6 @@ func (p *PG) waitStandby(timeout time.Duration) error {
 		}
 		time.Sleep(delay)
 	}
-}
-
-// parseLSN parses a pg_lsn's text ("16/B374D848").
-func parseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if !ok || err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bad LSN %q", s)
-	}
-	return h<<32 | l, nil
 }
 
 // standbyState summarizes the replication state for error messages.
