@@ -66,6 +66,7 @@ type Engine struct {
 
 	deferred []deferredIndex // shadow indexes built by FinishShadow
 	sql      *statements
+	prepared map[string]string // the applier's prepared statements by text
 
 	reader *pgoutput.Reader
 	// marks are the markers' WAL positions, for standby lag.

@@ -32,6 +32,8 @@ type statements struct {
 	replPos     map[string]int // replicated source column → position in the stream's rows
 	// cached are update statements by the set of columns present.
 	cached map[string]string
+	// The applier's other statements, built once.
+	insertRow, deleteRow, moveOnto, copyOne string
 }
 
 func newStatements(e *Engine) *statements {
@@ -57,6 +59,7 @@ func newStatements(e *Engine) *statements {
 	s.exprs = strings.Join(exprs, ", ")
 	s.shadowKey = "(" + strings.Join(skey, ", ") + ")"
 	s.conflict = " ON CONFLICT " + s.shadowKey + " DO NOTHING"
+	s.insertRow, s.deleteRow, s.moveOnto, s.copyOne = s.insert(), s.delete(), s.deleteMovedOnto(), s.copyKey()
 	return s
 }
 

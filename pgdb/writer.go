@@ -26,7 +26,7 @@ func (w *writer) Apply(ctx context.Context, changes []replication.Change) error 
 	err := retryDeadlock(ctx, func() error {
 		b := &pgconn.Batch{}
 		for i := range changes {
-			if err := w.add(b, st, &changes[i]); err != nil {
+			if err := w.add(ctx, b, st, &changes[i]); err != nil {
 				return err
 			}
 		}
@@ -43,17 +43,41 @@ func (w *writer) Apply(ctx context.Context, changes []replication.Change) error 
 	return nil
 }
 
-func (w *writer) add(b *pgconn.Batch, st *statements, c *replication.Change) error {
+// queue adds a statement to the batch as a prepared statement, prepared on
+// the applier's connection the first time its text is seen: a statement's
+// parameters' types are fixed by its text, and the server then parses and
+// plans each shape once rather than once per row change.
+func (w *writer) queue(ctx context.Context, b *pgconn.Batch, sql string, vals [][]byte, oids []uint32) error {
+	name, ok := w.prepared[sql]
+	if !ok {
+		name = fmt.Sprintf("osc_apply_%d", len(w.prepared))
+		if _, err := w.apply.PgConn().Prepare(ctx, name, sql, oids); err != nil {
+			return fmt.Errorf("preparing %q: %w", sql, err)
+		}
+		if w.prepared == nil {
+			w.prepared = map[string]string{}
+		}
+		w.prepared[sql] = name
+	}
+	b.ExecPrepared(name, vals, nil, nil)
+	return nil
+}
+
+func (w *writer) add(ctx context.Context, b *pgconn.Batch, st *statements, c *replication.Change) error {
 	switch c.Op {
 	case replication.Insert:
 		vals, oids := rowParams(st, c.After, nil)
-		b.ExecParams(st.insert(), vals, oids, nil, nil)
+		if err := w.queue(ctx, b, st.insertRow, vals, oids); err != nil {
+			return err
+		}
 	case replication.Delete:
 		key, err := keyValues(st, c.Before)
 		if err != nil {
 			return err
 		}
-		b.ExecParams(st.delete(), key, textOIDs(len(key)), nil, nil)
+		if err := w.queue(ctx, b, st.deleteRow, key, textOIDs(len(key))); err != nil {
+			return err
+		}
 	case replication.Update:
 		oldKey, err := keyValues(st, c.Before)
 		if err != nil {
@@ -75,19 +99,27 @@ func (w *writer) add(b *pgconn.Batch, st *statements, c *replication.Change) err
 		if moved {
 			// The row at the new key may have been copied ahead of this
 			// change: it goes when the old row is there to move onto it.
-			b.ExecParams(st.deleteMovedOnto(), append(append([][]byte{}, newKey...), oldKey...), textOIDs(2*len(newKey)), nil, nil)
+			if err := w.queue(ctx, b, st.moveOnto, append(append([][]byte{}, newKey...), oldKey...), textOIDs(2*len(newKey))); err != nil {
+				return err
+			}
 		}
 		if u := st.update(present, moved, len(vals)); u != "" {
-			b.ExecParams(u, append(vals, oldKey...), append(oids, textOIDs(len(oldKey))...), nil, nil)
+			if err := w.queue(ctx, b, u, append(vals, oldKey...), append(oids, textOIDs(len(oldKey))...)); err != nil {
+				return err
+			}
 		}
 		if moved {
 			// The old row was not in the shadow (not copied yet, and now
 			// gone from its range): the new one must come from here.
 			if complete {
 				all, allOIDs := rowParams(st, c.After, nil)
-				b.ExecParams(st.insert(), all, allOIDs, nil, nil)
+				if err := w.queue(ctx, b, st.insertRow, all, allOIDs); err != nil {
+					return err
+				}
 			} else {
-				b.ExecParams(st.copyKey(), newKey, textOIDs(len(newKey)), nil, nil)
+				if err := w.queue(ctx, b, st.copyOne, newKey, textOIDs(len(newKey))); err != nil {
+					return err
+				}
 			}
 		}
 	default:
