@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"strings"
 	"time"
@@ -152,17 +153,22 @@ func keyValue(c *column, b []byte) (any, error) {
 }
 
 // retryTransient reruns fn, a whole transaction, when the server rolled it
-// back for a deadlock or a lock wait timeout.
+// back for a deadlock or a lock wait timeout. Under a heavy write load the
+// applier's small transactions are InnoDB's chosen victims again and again
+// while the copy's chunks go through, so the retries last for a time
+// budget rather than a few attempts, with jittered backoff.
 func retryTransient(ctx context.Context, fn func() error) error {
-	const attempts = 5
+	const budget = time.Minute
+	deadline := time.Now().Add(budget)
 	for i := 1; ; i++ {
 		err := fn()
 		var me *mysql.MySQLError
-		if err == nil || i == attempts || !errors.As(err, &me) || (me.Number != 1213 && me.Number != 1205) {
+		if err == nil || time.Now().After(deadline) || !errors.As(err, &me) || (me.Number != 1213 && me.Number != 1205) {
 			return err
 		}
+		wait := min(time.Duration(i)*20*time.Millisecond, 500*time.Millisecond)
 		select {
-		case <-time.After(time.Duration(i*i) * 50 * time.Millisecond):
+		case <-time.After(wait + rand.N(wait)):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
