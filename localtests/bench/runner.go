@@ -50,15 +50,15 @@ type contender struct {
 
 // runOut is what one contender run reports.
 type runOut struct {
-	wall    time.Duration
-	proc    bool    // a child process: rss and cpu are meaningful
-	rssKB   int64   // peak RSS (getrusage ru_maxrss)
-	cpu     float64 // user + sys seconds of the child
-	exit    int
-	err     string
-	rows    int64 // rows the tool says it copied (0: unknown)
-	events  int64 // osc: events applied
-	chunks  string
+	wall   time.Duration
+	proc   bool    // a child process: rss and cpu are meaningful
+	rssKB  int64   // peak RSS (getrusage ru_maxrss)
+	cpu    float64 // user + sys seconds of the child
+	exit   int
+	err    string
+	rows   int64 // rows the tool says it copied (0: unknown)
+	events int64 // osc: events applied
+	chunks string
 }
 
 // Trial is one run of one contender: the unit the report aggregates.
