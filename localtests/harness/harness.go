@@ -99,14 +99,72 @@ var (
 	startedVars map[string]string // startedBy's DIR/env
 	startErr    error             // why starting them failed (not retried)
 
-	shared         *MySQL
-	sharedErr      error
-	sharedErrShown bool
-
-	sharedPG         *PG
-	sharedPGErr      error
-	sharedPGErrShown bool
+	sharedMy lazy[*MySQL]
+	sharedPG lazy[*PG]
 )
+
+// lazy is one database's servers, found or started on first use.
+type lazy[S any] struct {
+	s     S
+	err   error
+	done  bool
+	shown bool // the whole error was printed once
+}
+
+// get returns the servers, setting them up on first use; sharedMu must be
+// held. It calls tb.Fatal (never Skip) when they are unavailable.
+func (l *lazy[S]) get(tb testing.TB, name string, setup func() (S, error)) S {
+	tb.Helper()
+	if !l.done {
+		l.s, l.err = setup()
+		l.done = true
+	}
+	if l.err != nil {
+		if l.shown {
+			tb.Fatalf("harness: %s test servers unavailable (details in the first failing test): %v", name, firstLine(l.err))
+		}
+		l.shown = true
+		tb.Fatalf("harness: %s test servers unavailable: %v", name, l.err)
+	}
+	return l.s
+}
+
+// found is a server set found from the environment or started here.
+type found interface {
+	ping(time.Duration) error
+}
+
+// setupServers finds one database's servers: from the environment when
+// portKey is set there, else from the servers this process starts.
+func setupServers[S found](name, portKey string, fromEnv func(func(string) string) (S, error), setDir func(S, string)) (S, error) {
+	var zero S
+	if os.Getenv(portKey) != "" {
+		s, err := fromEnv(os.Getenv)
+		if err != nil {
+			return zero, err
+		}
+		if err := s.ping(30 * time.Second); err != nil {
+			return zero, fmt.Errorf("%s=%s is set but the server is not reachable: %v", portKey, os.Getenv(portKey), err)
+		}
+		return s, nil
+	}
+	dir, vars, err := startServers()
+	if err != nil {
+		return zero, err
+	}
+	if vars[portKey] == "" {
+		return zero, fmt.Errorf("%s/env has no %s: servers.sh started no %s", dir, portKey, name)
+	}
+	s, err := fromEnv(func(k string) string { return vars[k] })
+	if err != nil {
+		return zero, fmt.Errorf("%s/env: %v", dir, err)
+	}
+	setDir(s, dir)
+	if err := s.ping(30 * time.Second); err != nil {
+		return zero, fmt.Errorf("servers started in %s but %s is not reachable: %v", dir, name, err)
+	}
+	return s, nil
+}
 
 func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
@@ -122,17 +180,9 @@ func MariaDB(tb testing.TB) *MySQL {
 	tb.Helper()
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	if shared == nil && sharedErr == nil {
-		shared, sharedErr = setupMySQL()
-	}
-	if sharedErr != nil {
-		if sharedErrShown {
-			tb.Fatalf("harness: MariaDB test servers unavailable (details in the first failing test): %v", firstLine(sharedErr))
-		}
-		sharedErrShown = true
-		tb.Fatalf("harness: MariaDB test servers unavailable: %v", sharedErr)
-	}
-	return shared
+	return sharedMy.get(tb, "MariaDB", func() (*MySQL, error) {
+		return setupServers("MariaDB", EnvPort, fromEnv, func(s *MySQL, dir string) { s.Dir = dir })
+	})
 }
 
 // Main is for TestMain: runs m and stops any servers this process started.
@@ -148,16 +198,15 @@ func Main(m *testing.M) {
 func Stop() error {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	if shared != nil && shared.pools != nil {
-		shared.pools.close()
+	if sharedMy.s != nil && sharedMy.s.pools != nil {
+		sharedMy.s.pools.close()
 	}
-	if sharedPG != nil && sharedPG.pools != nil {
-		sharedPG.pools.close()
+	if sharedPG.s != nil && sharedPG.s.pools != nil {
+		sharedPG.s.pools.close()
 	}
 	dir := startedBy
 	startedBy, startedVars, startErr = "", nil, nil
-	shared, sharedErr, sharedErrShown = nil, nil, false
-	sharedPG, sharedPGErr, sharedPGErrShown = nil, nil, false
+	sharedMy, sharedPG = lazy[*MySQL]{}, lazy[*PG]{}
 	if dir == "" {
 		return nil
 	}
@@ -166,35 +215,6 @@ func Stop() error {
 		return fmt.Errorf("servers.sh stop %s: %v\n%s", dir, err, out)
 	}
 	return nil
-}
-
-// setupMySQL finds the MariaDB servers: from the environment, else those
-// this process starts. sharedMu must be held.
-func setupMySQL() (*MySQL, error) {
-	if os.Getenv(EnvPort) != "" {
-		s, err := fromEnv(os.Getenv)
-		if err != nil {
-			return nil, err
-		}
-		if err := s.ping(30 * time.Second); err != nil {
-			return nil, fmt.Errorf("%s=%d is set but the server is not reachable: %v", EnvPort, s.Port, err)
-		}
-		return s, nil
-	}
-
-	dir, vars, err := startServers()
-	if err != nil {
-		return nil, err
-	}
-	s, err := fromEnv(func(k string) string { return vars[k] })
-	if err != nil {
-		return nil, fmt.Errorf("%s/env: %v", dir, err)
-	}
-	s.Dir = dir
-	if err := s.ping(30 * time.Second); err != nil {
-		return nil, fmt.Errorf("servers started in %s but MariaDB is not reachable: %v", dir, err)
-	}
-	return s, nil
 }
 
 // startServers starts this process's servers (MariaDB and PostgreSQL) with

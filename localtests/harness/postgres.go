@@ -56,48 +56,9 @@ func Postgres(tb testing.TB) *PG {
 	tb.Helper()
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	if sharedPG == nil && sharedPGErr == nil {
-		sharedPG, sharedPGErr = setupPG()
-	}
-	if sharedPGErr != nil {
-		if sharedPGErrShown {
-			tb.Fatalf("harness: PostgreSQL test servers unavailable (details in the first failing test): %v", firstLine(sharedPGErr))
-		}
-		sharedPGErrShown = true
-		tb.Fatalf("harness: PostgreSQL test servers unavailable: %v", sharedPGErr)
-	}
-	return sharedPG
-}
-
-// setupPG finds the PostgreSQL servers: from the environment, else those this
-// process starts. sharedMu must be held.
-func setupPG() (*PG, error) {
-	if os.Getenv(EnvPGPort) != "" {
-		p, err := pgFromEnv(os.Getenv)
-		if err != nil {
-			return nil, err
-		}
-		if err := p.ping(30 * time.Second); err != nil {
-			return nil, fmt.Errorf("%s=%d is set but the server is not reachable: %v", EnvPGPort, p.Port, err)
-		}
-		return p, nil
-	}
-	dir, vars, err := startServers()
-	if err != nil {
-		return nil, err
-	}
-	if vars[EnvPGPort] == "" {
-		return nil, fmt.Errorf("%s/env has no %s: servers.sh started no PostgreSQL", dir, EnvPGPort)
-	}
-	p, err := pgFromEnv(func(k string) string { return vars[k] })
-	if err != nil {
-		return nil, fmt.Errorf("%s/env: %v", dir, err)
-	}
-	p.Dir = dir
-	if err := p.ping(30 * time.Second); err != nil {
-		return nil, fmt.Errorf("servers started in %s but PostgreSQL is not reachable: %v", dir, err)
-	}
-	return p, nil
+	return sharedPG.get(tb, "PostgreSQL", func() (*PG, error) {
+		return setupServers("PostgreSQL", EnvPGPort, pgFromEnv, func(p *PG, dir string) { p.Dir = dir })
+	})
 }
 
 func pgFromEnv(get func(string) string) (*PG, error) {
