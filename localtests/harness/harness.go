@@ -82,11 +82,37 @@ type MySQL struct {
 	pools *pools
 }
 
-// pools are the harness's own connections (for NewDatabase, WaitReplica).
+// pools are the harness's own connections to a primary and its replica
+// (PostgreSQL: standby), for NewDatabase and the waits.
 type pools struct {
 	mu      sync.Mutex
 	primary *sql.DB
 	replica *sql.DB
+}
+
+// get returns the primary's or the replica's pool, opened with driver and
+// the DSN from dsn the first time.
+func (p *pools) get(replica bool, driver string, dsn func() (string, error)) (*sql.DB, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	slot := &p.primary
+	if replica {
+		slot = &p.replica
+	}
+	if *slot == nil {
+		d, err := dsn()
+		if err != nil {
+			return nil, err
+		}
+		db, err := sql.Open(driver, d)
+		if err != nil {
+			return nil, err
+		}
+		db.SetMaxIdleConns(2)
+		db.SetConnMaxIdleTime(time.Minute)
+		*slot = db
+	}
+	return *slot, nil
 }
 
 var (
@@ -451,7 +477,7 @@ func redact(dsn string) string {
 }
 
 func (s *MySQL) ping(timeout time.Duration) error {
-	db, err := s.pools.get(s, false)
+	db, err := s.pool(false)
 	if err != nil {
 		return err
 	}
@@ -467,26 +493,17 @@ func (s *MySQL) ping(timeout time.Duration) error {
 	}
 }
 
-func (p *pools) get(s *MySQL, replica bool) (*sql.DB, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	slot, port := &p.primary, s.Port
-	if replica {
-		slot, port = &p.replica, s.ReplicaPort
-		if port == 0 {
-			return nil, fmt.Errorf("no replica configured (%s not set)", EnvReplicaPort)
+// pool is one of the harness's pools to this server set.
+func (s *MySQL) pool(replica bool) (*sql.DB, error) {
+	return s.pools.get(replica, "mysql", func() (string, error) {
+		port := s.Port
+		if replica {
+			if port = s.ReplicaPort; port == 0 {
+				return "", fmt.Errorf("no replica configured (%s not set)", EnvReplicaPort)
+			}
 		}
-	}
-	if *slot == nil {
-		db, err := sql.Open("mysql", s.dsn(port, ""))
-		if err != nil {
-			return nil, err
-		}
-		db.SetMaxIdleConns(2)
-		db.SetConnMaxIdleTime(time.Minute)
-		*slot = db
-	}
-	return *slot, nil
+		return s.dsn(port, ""), nil
+	})
 }
 
 func (p *pools) close() {
@@ -505,7 +522,7 @@ func (s *MySQL) admin(tb testing.TB, replica bool) *sql.DB {
 	if s.pools == nil {
 		s.pools = &pools{}
 	}
-	db, err := s.pools.get(s, replica)
+	db, err := s.pool(replica)
 	if err != nil {
 		tb.Fatalf("harness: %v", err)
 	}
@@ -592,11 +609,11 @@ func (s *MySQL) waitReplica(timeout time.Duration) error {
 	if s.pools == nil {
 		s.pools = &pools{}
 	}
-	primary, err := s.pools.get(s, false)
+	primary, err := s.pool(false)
 	if err != nil {
 		return err
 	}
-	replica, err := s.pools.get(s, true)
+	replica, err := s.pool(true)
 	if err != nil {
 		return err
 	}
@@ -669,7 +686,7 @@ func (s *MySQL) slaveStatus() (map[string]string, error) {
 	if s.pools == nil {
 		s.pools = &pools{}
 	}
-	db, err := s.pools.get(s, true)
+	db, err := s.pool(true)
 	if err != nil {
 		return nil, err
 	}

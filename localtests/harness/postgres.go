@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,7 +43,7 @@ type PG struct {
 	SocketDir      string // primary's unix socket directory (may be empty for external servers)
 	Dir            string // servers.sh directory, when this process started the servers
 
-	pools *pgPools
+	pools *pools
 }
 
 // Postgres returns the shared PostgreSQL test servers. If OSC_TEST_PG_PORT is
@@ -67,7 +66,7 @@ func pgFromEnv(get func(string) string) (*PG, error) {
 		User:      get(EnvPGUser),
 		Password:  get(EnvPGPassword),
 		SocketDir: get(EnvPGSocketDir),
-		pools:     &pgPools{},
+		pools:     &pools{},
 	}
 	defaultLogin(&p.Host, &p.User, &p.Password)
 	var err error
@@ -134,52 +133,21 @@ func (p *PG) where(port int, database string) string {
 	return "postgres " + net.JoinHostPort(p.Host, strconv.Itoa(port)) + "/" + database
 }
 
-// pgPools are the harness's own connections (for NewDatabase, WaitStandby).
-// The primary's run with synchronous_commit=on, see waitStandby.
-type pgPools struct {
-	mu      sync.Mutex
-	primary *sql.DB
-	standby *sql.DB
-}
-
-func (pp *pgPools) get(p *PG, standby bool) (*sql.DB, error) {
-	pp.mu.Lock()
-	defer pp.mu.Unlock()
-	slot, port, extra := &pp.primary, p.Port, "synchronous_commit=on&application_name=osc-harness"
-	if standby {
-		slot, port, extra = &pp.standby, p.StandbyPort, "application_name=osc-harness"
-		if port == 0 {
-			return nil, fmt.Errorf("no PostgreSQL standby configured (%s not set)", EnvPGStandbyPort)
-		}
-	}
-	if *slot == nil {
-		db, err := sql.Open("pgx", p.dsn(port, "postgres", extra))
-		if err != nil {
-			return nil, err
-		}
-		db.SetMaxIdleConns(2)
-		db.SetConnMaxIdleTime(time.Minute)
-		*slot = db
-	}
-	return *slot, nil
-}
-
-func (pp *pgPools) close() {
-	pp.mu.Lock()
-	defer pp.mu.Unlock()
-	for _, db := range []*sql.DB{pp.primary, pp.standby} {
-		if db != nil {
-			db.Close()
-		}
-	}
-	pp.primary, pp.standby = nil, nil
-}
-
+// pool is one of the harness's pools to this server set; the primary's
+// sessions run with synchronous_commit=on, see waitStandby.
 func (p *PG) pool(standby bool) (*sql.DB, error) {
 	if p.pools == nil {
-		p.pools = &pgPools{}
+		p.pools = &pools{}
 	}
-	return p.pools.get(p, standby)
+	return p.pools.get(standby, "pgx", func() (string, error) {
+		if !standby {
+			return p.dsn(p.Port, "postgres", "synchronous_commit=on&application_name=osc-harness"), nil
+		}
+		if p.StandbyPort == 0 {
+			return "", fmt.Errorf("no PostgreSQL standby configured (%s not set)", EnvPGStandbyPort)
+		}
+		return p.dsn(p.StandbyPort, "postgres", "application_name=osc-harness"), nil
+	})
 }
 
 func (p *PG) admin(tb testing.TB, standby bool) *sql.DB {
@@ -327,7 +295,7 @@ func (p *PG) waitStandby(timeout time.Duration) error {
 	// The servers run with synchronous_commit=off: a commit that has returned
 	// may not be written yet, so pg_current_wal_lsn() can be short of it (and
 	// the walsender only sends flushed WAL). A commit of our own with
-	// synchronous_commit=on (see pgPools) flushes the WAL up to and past it,
+	// synchronous_commit=on (see PG.pool) flushes the WAL up to and past it,
 	// if the transaction wrote WAL: a transactional logical message, which
 	// only slots of the database "postgres" could ever see.
 	var lsn string
