@@ -35,6 +35,7 @@ type Applier struct {
 	applied atomic.Int64 // row changes applied
 	backlog atomic.Int64 // events read from the stream, not yet applied
 	paused  atomic.Bool
+	held    atomic.Bool
 }
 
 // Pause stops (or resumes) applying before the next batch; the stream's
@@ -44,8 +45,13 @@ func (a *Applier) Pause(on bool) { a.paused.Store(on) }
 // Paused reports whether the applier is paused.
 func (a *Applier) Paused() bool { return a.paused.Load() }
 
+// Hold stops (or resumes) applying like Pause, for the orchestrator: a
+// snapshot copy needs the applier held until the copy ends, whatever an
+// operator pauses and resumes meanwhile.
+func (a *Applier) Hold(on bool) { a.held.Store(on) }
+
 func (a *Applier) waitResumed(ctx context.Context) error {
-	for a.paused.Load() {
+	for a.paused.Load() || a.held.Load() {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

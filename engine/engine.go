@@ -30,6 +30,16 @@ type Engine interface {
 	WriteMarker(ctx context.Context, kind, value string) error
 	// Source copies rows of the table into the shadow, chunk by chunk.
 	Source() copier.Source
+	// SnapshotCopy reports that the copy reads the table as of the point
+	// the stream starts at (PostgreSQL: the slot's exported snapshot)
+	// rather than its latest rows under locks. No change may then be
+	// applied before every chunk is copied: the orchestrator holds the
+	// applier until the copy ends.
+	SnapshotCopy() bool
+	// EndCopy releases what the copy held once every chunk is copied
+	// (PostgreSQL: the snapshot, which holds back vacuum); Cleanup releases
+	// it on the other paths.
+	EndCopy(ctx context.Context) error
 	// Writer applies captured changes to the shadow.
 	Writer() applier.Writer
 	// FinishShadow completes the shadow once every row is copied and the

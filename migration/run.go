@@ -199,6 +199,8 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	r.applier = applier.New(stream, r.eng.Writer(), r.onMarker, 1000)
+	snapshot := r.eng.SnapshotCopy()
+	r.applier.Hold(snapshot)
 	r.setupThrottle()
 	r.copier = copier.New(r.eng.Source(), r.throttler, r.o.ChunkSize)
 	r.copier.SetChunkTime(r.o.ChunkTime)
@@ -230,15 +232,23 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 		}
 	}()
 
-	// The first sync marker proves the stream is live end to end.
-	if err := r.catchUp(ctx); err != nil {
-		return false, fmt.Errorf("waiting for the change stream to start: %w", err)
+	// The first sync marker proves the stream is live end to end; a
+	// snapshot copy's applier is held, so it proves that after the copy.
+	if !snapshot {
+		if err := r.catchUp(ctx); err != nil {
+			return false, fmt.Errorf("waiting for the change stream to start: %w", err)
+		}
 	}
-	// 4. copy, while the applier applies concurrent writes.
+	// 4. copy, while the applier applies concurrent writes (or, after a
+	// snapshot copy, every write since the snapshot).
 	r.state.Store("copying")
 	if err := r.copier.Run(ctx); err != nil {
 		return false, err
 	}
+	if err := r.eng.EndCopy(ctx); err != nil {
+		return false, err
+	}
+	r.applier.Hold(false)
 	r.state.Store("catching up")
 	if err := r.settle(ctx); err != nil {
 		return false, err

@@ -207,3 +207,10 @@ func (s *source) copyWhere(ctx context.Context, tx *sql.Tx, where string, args [
 	}
 	return n, nil
 }
+
+// SnapshotCopy is false: chunks read the latest rows under shared locks,
+// concurrently with the applier.
+func (e *Engine) SnapshotCopy() bool { return false }
+
+// EndCopy has nothing to release.
+func (e *Engine) EndCopy(context.Context) error { return nil }

@@ -129,3 +129,9 @@ func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 // Restore has nothing to copy back: PostgreSQL's shadow has no unique
 // index but the key's until FinishShadow, so nothing is ever displaced.
 func (e *Engine) Restore(context.Context) (int, error) { return 0, nil }
+
+// SnapshotCopy is false for now (see EndCopy).
+func (e *Engine) SnapshotCopy() bool { return false }
+
+// EndCopy has nothing to release.
+func (e *Engine) EndCopy(context.Context) error { return nil }
