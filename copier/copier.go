@@ -7,6 +7,7 @@ package copier
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -38,6 +39,7 @@ type Gate interface {
 type Copier struct {
 	src       Source
 	gate      Gate
+	workers   int
 	chunkSize atomic.Int64
 	chunkTime atomic.Int64 // target duration of a chunk in ns; 0: fixed size
 	copied    atomic.Int64
@@ -45,9 +47,10 @@ type Copier struct {
 	done      atomic.Bool
 }
 
-// New returns a copier; chunkSize is the starting rows per chunk.
-func New(src Source, gate Gate, chunkSize int) *Copier {
-	c := &Copier{src: src, gate: gate}
+// New returns a copier; chunkSize is the starting rows per chunk, workers
+// the chunks copied at once, each on its own connection.
+func New(src Source, gate Gate, chunkSize, workers int) *Copier {
+	c := &Copier{src: src, gate: gate, workers: max(workers, 1)}
 	c.SetChunkSize(chunkSize)
 	return c
 }
@@ -99,7 +102,10 @@ func (c *Copier) Copied() int64 { return c.copied.Load() }
 // Done reports whether every chunk has been copied.
 func (c *Copier) Done() bool { return c.done.Load() }
 
-// Run copies every chunk and returns when the whole range is copied.
+// Run copies every chunk and returns when the whole range is copied. One
+// goroutine finds the chunks' ends in key order and consults the gate
+// before each; the workers copy them, so a throttled copy stops within a
+// chunk per worker.
 func (c *Copier) Run(ctx context.Context) error {
 	max, ok, err := c.src.Max(ctx)
 	if err != nil {
@@ -109,28 +115,67 @@ func (c *Copier) Run(ctx context.Context) error {
 		c.done.Store(true)
 		return nil
 	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	type chunk struct {
+		n          int64
+		after, end Key
+	}
+	work := make(chan chunk)
+	var wg sync.WaitGroup
+	for range c.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ch := range work {
+				began := time.Now()
+				n, err := c.src.Copy(ctx, ch.after, ch.end)
+				if err != nil {
+					cancel(fmt.Errorf("copying chunk %d (keys after %s up to %s): %w", ch.n, ch.after, ch.end, err))
+					return
+				}
+				c.adapt(n, time.Since(began))
+				c.copied.Add(n)
+				c.chunks.Add(1)
+			}
+		}()
+	}
+	err = c.produce(ctx, max, func(n int64, after, end Key) bool {
+		select {
+		case work <- chunk{n, after, end}:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	})
+	close(work)
+	wg.Wait()
+	if cause := context.Cause(ctx); cause != nil {
+		return cause // a worker's failure, or the caller's cancellation
+	}
+	if err != nil {
+		return err
+	}
+	c.done.Store(true)
+	return nil
+}
+
+// produce hands out the chunks in key order until the last one, or until
+// send reports that the run is over.
+func (c *Copier) produce(ctx context.Context, max Key, send func(n int64, after, end Key) bool) error {
 	var after Key
-	for {
+	for n := int64(1); ; n++ {
 		if err := c.gate.Wait(ctx); err != nil {
 			return err
 		}
 		end, last, err := c.src.Boundary(ctx, after, c.ChunkSize(), max)
 		if err != nil {
-			return fmt.Errorf("finding the end of chunk %d: %w", c.chunks.Load()+1, err)
+			return fmt.Errorf("finding the end of chunk %d: %w", n, err)
 		}
-		began := time.Now()
-		n, err := c.src.Copy(ctx, after, end)
-		if err != nil {
-			return fmt.Errorf("copying chunk %d (keys after %s up to %s): %w", c.chunks.Load()+1, after, end, err)
-		}
-		c.adapt(n, time.Since(began))
-		c.copied.Add(n)
-		c.chunks.Add(1)
-		after = end
-		if last {
-			c.done.Store(true)
+		if !send(n, after, end) || last {
 			return nil
 		}
+		after = end
 	}
 }
 

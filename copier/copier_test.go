@@ -3,6 +3,8 @@ package copier
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -10,8 +12,14 @@ import (
 // intSource is an in-memory table of integer keys 1..n; the loop logic is
 // under test here, the SQL of a chunk is tested against real servers.
 type intSource struct {
-	keys   []int
-	copied map[int]int // key -> times copied
+	keys []int
+
+	mu      sync.Mutex
+	copied  map[int]int // key -> times copied
+	running int         // Copy calls in progress
+	overlap int         // most Copy calls seen in progress at once
+	delay   time.Duration
+	fail    int // the chunk starting after this key fails
 }
 
 func (s *intSource) Max(context.Context) (Key, bool, error) {
@@ -34,7 +42,21 @@ func (s *intSource) Boundary(_ context.Context, after Key, size int, max Key) (K
 	return max, true, nil
 }
 
-func (s *intSource) Copy(_ context.Context, after, end Key) (int64, error) {
+func (s *intSource) Copy(ctx context.Context, after, end Key) (int64, error) {
+	s.mu.Lock()
+	s.running++
+	s.overlap = max(s.overlap, s.running)
+	s.mu.Unlock()
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running--
+	if s.fail > 0 && after != nil && after[0].(int) == s.fail {
+		return 0, errors.New("duplicate entry")
+	}
 	var n int64
 	for _, k := range s.keys {
 		if (after == nil || k > after[0].(int)) && k <= end[0].(int) {
@@ -49,14 +71,43 @@ type open struct{ waits int }
 
 func (o *open) Wait(context.Context) error { o.waits++; return nil }
 
+func TestWorkersCopyConcurrently(t *testing.T) {
+	src := &intSource{copied: map[int]int{}, delay: 20 * time.Millisecond}
+	for i := 1; i <= 100; i++ {
+		src.keys = append(src.keys, i)
+	}
+	c := New(src, &open{}, 10, 3)
+	if err := c.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if src.overlap != 3 || c.Copied() != 100 {
+		t.Fatalf("at most %d chunks copied at once and %d rows copied; want 3 and 100", src.overlap, c.Copied())
+	}
+}
+
+func TestAFailedChunkStopsTheOthers(t *testing.T) {
+	src := &intSource{copied: map[int]int{}, delay: 5 * time.Millisecond, fail: 30}
+	for i := 1; i <= 1000; i++ {
+		src.keys = append(src.keys, i)
+	}
+	c := New(src, &open{}, 10, 2)
+	err := c.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "(keys after (30) up to (40)): duplicate entry") || c.Done() {
+		t.Fatalf("err %v, done %v; want the failed chunk's error, not done", err, c.Done())
+	}
+	if c.Copied() > 100 {
+		t.Fatalf("%d rows copied after a chunk failed: the other workers did not stop", c.Copied())
+	}
+}
+
 func TestRunCopiesEveryKeyOnce(t *testing.T) {
-	for _, tc := range []struct{ rows, chunk int }{{0, 10}, {1, 10}, {10, 10}, {11, 10}, {95, 7}, {100, 1}} {
+	for _, tc := range []struct{ rows, chunk, workers int }{{0, 10, 1}, {1, 10, 1}, {10, 10, 2}, {11, 10, 2}, {95, 7, 3}, {100, 1, 1}, {100, 1, 4}} {
 		src := &intSource{copied: map[int]int{}}
 		for i := 1; i <= tc.rows; i++ {
 			src.keys = append(src.keys, i*3) // gaps between keys
 		}
 		gate := &open{}
-		c := New(src, gate, tc.chunk)
+		c := New(src, gate, tc.chunk, tc.workers)
 		if err := c.Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -83,14 +134,14 @@ func (closed) Wait(ctx context.Context) error { return errors.New("aborted by op
 
 func TestGateStopsTheCopy(t *testing.T) {
 	src := &intSource{keys: []int{1, 2, 3}, copied: map[int]int{}}
-	c := New(src, closed{}, 10)
+	c := New(src, closed{}, 10, 2)
 	if err := c.Run(context.Background()); err == nil || c.Copied() != 0 {
 		t.Fatalf("err %v, copied %d; want the gate's error and nothing copied", err, c.Copied())
 	}
 }
 
 func TestChunkTimeAdapts(t *testing.T) {
-	c := New(nil, nil, 1000)
+	c := New(nil, nil, 1000, 1)
 	c.adapt(1000, time.Second) // no target: fixed size
 	if c.ChunkSize() != 1000 {
 		t.Fatalf("size changed without a target: %d", c.ChunkSize())

@@ -33,6 +33,7 @@ type Options struct {
 	Execute bool
 
 	ChunkSize          int           // rows per copy chunk; default 1000
+	CopyWorkers        int           // chunks copied at once, each on its own connection; default 2
 	CutOverLockTimeout time.Duration // per cut-over attempt; default 3s
 	CutOverAttempts    int           // default 10
 	DropOldTable       bool          // drop the original after cut-over instead of keeping it as _T_old
@@ -103,6 +104,9 @@ func (o *Options) defaults() {
 	if o.ChunkSize == 0 {
 		o.ChunkSize = 1000
 	}
+	if o.CopyWorkers == 0 {
+		o.CopyWorkers = 2
+	}
 	if o.CutOverLockTimeout == 0 {
 		o.CutOverLockTimeout = 3 * time.Second
 	}
@@ -113,6 +117,10 @@ func (o *Options) defaults() {
 		o.Logger = zap.NewNop()
 	}
 }
+
+// maxCopyWorkers stays below the engines' connection pools (PostgreSQL: 8),
+// which the applier and the markers share.
+const maxCopyWorkers = 4
 
 func (o *Options) validate() error {
 	var missing []string
@@ -133,8 +141,8 @@ func (o *Options) validate() error {
 	if o.Port <= 0 || o.Port > 65535 {
 		return &engine.Usage{Reason: fmt.Sprintf("invalid port %d", o.Port)}
 	}
-	if o.ChunkSize < 1 || o.CutOverAttempts < 1 || o.CutOverLockTimeout < time.Second {
-		return &engine.Usage{Reason: "chunk size and cut-over attempts must be positive, the cut-over lock timeout at least 1s"}
+	if o.ChunkSize < 1 || o.CopyWorkers < 1 || o.CopyWorkers > maxCopyWorkers || o.CutOverAttempts < 1 || o.CutOverLockTimeout < time.Second {
+		return &engine.Usage{Reason: fmt.Sprintf("chunk size and cut-over attempts must be positive, copy workers between 1 and %d, the cut-over lock timeout at least 1s", maxCopyWorkers)}
 	}
 	if o.ChunkTime < 0 || o.HeartbeatInterval < 10*time.Millisecond || o.MaxLag < 0 || o.CriticalLoadInterval < 0 {
 		return &engine.Usage{Reason: "chunk time, max lag and the critical load interval must not be negative, the heartbeat interval at least 10ms"}

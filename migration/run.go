@@ -202,7 +202,7 @@ func (r *runner) execute(ctx context.Context) (swapped bool, err error) {
 	snapshot := r.eng.SnapshotCopy()
 	r.applier.Hold(snapshot)
 	r.setupThrottle()
-	r.copier = copier.New(r.eng.Source(), r.throttler, r.o.ChunkSize)
+	r.copier = copier.New(r.eng.Source(), r.throttler, r.o.ChunkSize, r.o.CopyWorkers)
 	r.copier.SetChunkTime(r.o.ChunkTime)
 	stopControl, err := r.serveControl(cancel)
 	if err != nil {

@@ -28,7 +28,7 @@ func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := copier.New(e.Source(), noGate{}, 500).Run(ctx); err != nil {
+	if err := copier.New(e.Source(), noGate{}, 500, 1).Run(ctx); err != nil {
 		t.Fatal(err)
 	}
 	opts := verify.Options{ChunkSize: 400, Rounds: 3}

@@ -44,6 +44,7 @@ func run(args []string) int {
 	fs.StringVar(&o.Alter, "alter", "", `ALTER clauses without "ALTER TABLE t", e.g. "ADD COLUMN x INT NOT NULL DEFAULT 0"`)
 	fs.BoolVar(&o.Execute, "execute", false, "apply the change; without it osc only checks and prints the plan")
 	fs.IntVar(&o.ChunkSize, "chunk-size", 1000, "rows per copy chunk")
+	fs.IntVar(&o.CopyWorkers, "copy-workers", 2, "chunks copied at once, each on its own connection (1-4)")
 	fs.IntVar(&lockTimeout, "cut-over-lock-timeout-seconds", 3, "longest lock wait of one cut-over attempt")
 	fs.IntVar(&o.CutOverAttempts, "cut-over-attempts", 10, "cut-over attempts before giving up")
 	verifyFlag := fs.Bool("verify", true, "compare the new table with the original, chunk by chunk at one consistent point, before cut-over")
