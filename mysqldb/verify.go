@@ -3,8 +3,10 @@ package mysqldb
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/osc-dev/osc/copier"
@@ -30,30 +32,40 @@ func verifyExprs(m colPair) (src, dst string, ok bool) {
 }
 
 // hashQuery counts a side's rows and folds a 64-bit hash of each row's
-// compared values. Each value is length-prefixed so that no two rows
-// render alike, and NULL is distinct from every value.
-func hashQuery(table string, exprs []string) string {
-	parts := make([]string, len(exprs))
+// compared values: two CRCs (CRC32 and CRC32C where the server has it,
+// else the first 64 bits of MD5, about twice as slow) of the values joined
+// by '#', plus a NULL flag per value so that NULL differs from every
+// value. A value holding '#' could shift into its neighbour and hash alike,
+// which a copy that moves bytes between columns would need to do to go
+// unnoticed.
+func hashQuery(table string, exprs []string, crc32c bool) string {
+	nulls := make([]string, len(exprs))
 	for i, x := range exprs {
-		parts[i] = "IFNULL(CONCAT(LENGTH(" + x + "), ':', " + x + "), 'N')"
+		nulls[i] = "ISNULL(" + x + ")"
 	}
-	row := "CONCAT(" + strings.Join(parts, ", ',', ") + ")"
-	return "SELECT COUNT(*), COALESCE(BIT_XOR(CAST(CONV(LEFT(MD5(" + row + "), 16), 16, 10) AS UNSIGNED)), 0) FROM " + table
+	row := "CONCAT_WS('#', " + strings.Join(exprs, ", ") + ", CONCAT(" + strings.Join(nulls, ", ") + "))"
+	hash := "CAST(CONV(LEFT(MD5(" + row + "), 16), 16, 10) AS UNSIGNED)"
+	if crc32c {
+		hash = "CRC32(" + row + ") << 32 | CRC32C(" + row + ")"
+	}
+	return "SELECT COUNT(*), COALESCE(BIT_XOR(" + hash + "), 0) FROM " + table
 }
 
-// view is a consistent-snapshot transaction that reads the source and the
-// shadow as they were when the applier was parked at a barrier.
+// view reads the source and the shadow as they were when the applier was
+// parked at a barrier: one consistent-snapshot transaction per side, both
+// opened under the same lock, so that the two sides of a chunk are hashed
+// at once.
 type view struct {
-	s                *source
-	conn             *sql.Conn
-	srcHash, dstHash string
+	s     *source
+	conns [2]*sql.Conn // the source's side, the shadow's side
+	hash  [2]string
 }
 
 // VerifyView blocks writes to the table (LOCK TABLES ... READ), drains
-// the stream so the shadow holds every change, opens a consistent snapshot
+// the stream so the shadow holds every change, opens consistent snapshots
 // seeing both tables at that point, then unlocks and releases the applier.
 // The lock is held for the drain only, within lockTimeout.
-func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error, release func()) (verify.View, error) {
+func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error, release func()) (_ verify.View, err error) {
 	defer release()
 	deadline := time.Now().Add(lockTimeout)
 	a, done, err := e.lockConn(ctx, lockTimeout)
@@ -75,51 +87,70 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 	if err := e.checkWhole(); err != nil {
 		return nil, err
 	}
-	c, err := e.data.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, stmt := range []string{"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION WITH CONSISTENT SNAPSHOT"} {
-		if _, err := c.ExecContext(ctx, stmt); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("opening a consistent snapshot: %w", err)
+	v := &view{s: e.rows}
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+	for i := range v.conns {
+		c, err := e.data.Conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		v.conns[i] = c
+		for _, stmt := range []string{"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION WITH CONSISTENT SNAPSHOT"} {
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				return nil, fmt.Errorf("opening a consistent snapshot: %w", err)
+			}
 		}
 	}
-	v := &view{s: e.rows, conn: c}
 	var src, dst []string
 	for _, m := range e.mapping {
 		if s, d, ok := verifyExprs(m); ok {
 			src, dst = append(src, s), append(dst, d)
 		}
 	}
-	v.srcHash = hashQuery(v.s.from, src)
-	v.dstHash = hashQuery(e.qt(e.names.shadow), dst)
+	crc32c := v.conns[0].QueryRowContext(ctx, "SELECT CRC32C('')").Scan(new(int64)) == nil
+	v.hash = [2]string{hashQuery(v.s.from, src, crc32c), hashQuery(e.qt(e.names.shadow), dst, crc32c)}
 	return v, nil
 }
 
 func (v *view) Boundary(ctx context.Context, after copier.Key, size int) (copier.Key, bool, error) {
-	end, ok, err := v.s.boundary(ctx, v.conn, after, nil, size)
+	end, ok, err := v.s.boundary(ctx, v.conns[0], after, nil, size)
 	return end, !ok, err
 }
 
 func (v *view) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
 	var n [2]int64
 	var h [2]uint64
-	for i, side := range []struct {
-		query string
-		key   keySide
-	}{{v.srcHash, v.s.src}, {v.dstHash, v.s.dst}} {
-		where, args := side.key.where(c.After, c.End)
-		if err := v.conn.QueryRowContext(ctx, side.query+" WHERE "+where, args...).Scan(&n[i], &h[i]); err != nil {
-			return false, fmt.Errorf("checksumming %s: %w", c, err)
-		}
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i, key := range []keySide{v.s.src, v.s.dst} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			where, args := key.where(c.After, c.End)
+			if err := v.conns[i].QueryRowContext(ctx, v.hash[i]+" WHERE "+where, args...).Scan(&n[i], &h[i]); err != nil {
+				errs[i] = fmt.Errorf("checksumming %s: %w", c, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		return false, err
 	}
 	return n[0] != n[1] || h[0] != h[1], nil
 }
 
 func (v *view) Close() error {
-	v.conn.ExecContext(context.Background(), "ROLLBACK")
-	return v.conn.Close()
+	for _, c := range v.conns {
+		if c != nil {
+			c.ExecContext(context.Background(), "ROLLBACK")
+			c.Close()
+		}
+	}
+	return nil
 }
 
 // Repair replaces the shadow's rows in the chunk with a fresh locking copy

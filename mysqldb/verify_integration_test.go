@@ -36,9 +36,12 @@ func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
 	if err != nil || res.Repaired != 0 || res.Chunks != 8 {
 		t.Fatalf("a faithful copy: err %v, result %+v; want 8 equal chunks", err, res)
 	}
-	// A changed value, a NULL that was not, a missing row and an extra row
-	// past the last key: what a lost or misapplied event would leave.
+	// A changed value, a NULL that was not, an empty string that was NULL,
+	// a missing row and an extra row past the last key: what a lost or
+	// misapplied event would leave.
 	for _, stmt := range []string{
+		"UPDATE t SET name = NULL WHERE id = 700",
+		"UPDATE _t_new SET name = '' WHERE id = 700",
 		"UPDATE _t_new SET name = 'cafe5' WHERE id = 5",
 		"UPDATE _t_new SET n = NULL WHERE id = 1200",
 		"DELETE FROM _t_new WHERE id = 2222",
@@ -49,12 +52,12 @@ func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
 		}
 	}
 	if _, err := verify.Run(ctx, e.openView, func(context.Context, verify.Chunk) error { return nil }, opts, zap.NewNop()); err == nil ||
-		!strings.Contains(err.Error(), "4 chunk(s)") {
-		t.Fatalf("unrepaired differences: got %v, want a failure counting 4 chunks", err)
+		!strings.Contains(err.Error(), "5 chunk(s)") {
+		t.Fatalf("unrepaired differences: got %v, want a failure counting 5 chunks", err)
 	}
 	res, err = verify.Run(ctx, e.openView, e.Repair, opts, zap.NewNop())
-	if err != nil || res.Repaired != 4 {
-		t.Fatalf("repair: err %v, result %+v; want 4 chunks repaired", err, res)
+	if err != nil || res.Repaired != 5 {
+		t.Fatalf("repair: err %v, result %+v; want 5 chunks repaired", err, res)
 	}
 	diff := harness.Strings(t, db, `SELECT COUNT(*) FROM t LEFT JOIN _t_new s ON s.id = t.id
 		WHERE s.id IS NULL OR NOT (CONVERT(t.name USING utf8mb4) <=> s.name) OR NOT (t.n <=> s.n) OR NOT (t.d <=> s.d)`)

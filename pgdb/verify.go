@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -63,27 +64,36 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 	if err != nil {
 		return nil, fmt.Errorf("draining the change stream for a consistent view: %w", err)
 	}
-	view, err := e.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, err
+	// One snapshot per side, both taken while the table is still locked,
+	// so that the two sides of a chunk are hashed at once.
+	v := &pgView{e: e}
+	for i := range v.tx {
+		tx, err := e.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+		if err == nil {
+			// The first query takes the snapshot.
+			_, err = tx.Exec(ctx, "SELECT 1")
+		}
+		if err != nil {
+			if tx != nil {
+				tx.Rollback(ctx)
+			}
+			v.Close()
+			return nil, err
+		}
+		v.tx[i] = tx
 	}
-	// The first query takes the snapshot, while the table is still locked.
-	if _, err := view.Exec(ctx, "SELECT 1"); err != nil {
-		view.Rollback(ctx)
-		return nil, err
-	}
-	return &pgView{e: e, tx: view}, nil
+	return v, nil
 }
 
 type pgView struct {
 	e  *Engine
-	tx pgx.Tx
+	tx [2]pgx.Tx // the source's side, the shadow's side
 }
 
 func (v *pgView) Boundary(ctx context.Context, after copier.Key, size int) (copier.Key, bool, error) {
 	st := v.e.sql
 	args := append(keyArgs(after), size-1)
-	k, err := scanKey(v.tx.QueryRow(ctx, fmt.Sprintf("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT 1 OFFSET $%d",
+	k, err := scanKey(v.tx[0].QueryRow(ctx, fmt.Sprintf("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT 1 OFFSET $%d",
 		st.keyText(), st.src, st.rangeWhere(st.keyList(), after != nil, false), st.keyOrder(false), len(args)), args...), len(st.keyCols))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, true, nil
@@ -95,15 +105,38 @@ func (v *pgView) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
 	st := v.e.sql
 	src, dst := st.verifyExprs()
 	args := keyArgs(c.After, c.End)
-	var n1, n2 int64
-	var h1, h2 string
-	if err := v.tx.QueryRow(ctx, hashQuery(st.src, src, st.rangeWhere(st.keyList(), c.After != nil, c.End != nil)), args...).Scan(&n1, &h1); err != nil {
-		return false, fmt.Errorf("checksumming the table: %w", err)
+	sides := [2]struct {
+		what, query string
+		n           int64
+		h           string
+		err         error
+	}{
+		{what: "the table", query: hashQuery(st.src, src, st.rangeWhere(st.keyList(), c.After != nil, c.End != nil))},
+		{what: "the shadow table", query: hashQuery(st.shadow, dst, st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil))},
 	}
-	if err := v.tx.QueryRow(ctx, hashQuery(st.shadow, dst, st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil)), args...).Scan(&n2, &h2); err != nil {
-		return false, fmt.Errorf("checksumming the shadow table: %w", err)
+	var wg sync.WaitGroup
+	for i := range sides {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := &sides[i]
+			if err := v.tx[i].QueryRow(ctx, s.query, args...).Scan(&s.n, &s.h); err != nil {
+				s.err = fmt.Errorf("checksumming %s: %w", s.what, err)
+			}
+		}()
 	}
-	return n1 != n2 || h1 != h2, nil
+	wg.Wait()
+	if err := errors.Join(sides[0].err, sides[1].err); err != nil {
+		return false, err
+	}
+	return sides[0].n != sides[1].n || sides[0].h != sides[1].h, nil
 }
 
-func (v *pgView) Close() error { return v.tx.Rollback(context.Background()) }
+func (v *pgView) Close() error {
+	for _, tx := range v.tx {
+		if tx != nil {
+			tx.Rollback(context.Background())
+		}
+	}
+	return nil
+}
