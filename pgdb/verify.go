@@ -14,7 +14,13 @@ import (
 	"github.com/osc-dev/osc/verify"
 )
 
-// lockTx begins a transaction whose lock waits end after timeout.
+// lockTx begins a transaction whose lock waits end after timeout, and
+// which holds SHARE UPDATE EXCLUSIVE on the table and the shadow. That
+// lock waits for an autovacuum or ANALYZE of either (until the deadlock
+// check cancels it, a deadlock_timeout later) and keeps new ones away,
+// without blocking the application's writes. Otherwise the stronger lock
+// the caller takes next would wait for it, and every write would queue
+// behind that request meanwhile.
 func (e *Engine) lockTx(ctx context.Context, timeout time.Duration) (pgx.Tx, error) {
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
@@ -23,6 +29,10 @@ func (e *Engine) lockTx(ctx context.Context, timeout time.Duration) (pgx.Tx, err
 	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", timeout.Milliseconds())); err != nil {
 		tx.Rollback(ctx)
 		return nil, err
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE ONLY "+e.qt(e.names.shadow)+", ONLY "+e.qt(e.src.name)+" IN SHARE UPDATE EXCLUSIVE MODE"); err != nil {
+		tx.Rollback(ctx)
+		return nil, e.lockErr("waiting for maintenance (autovacuum, ANALYZE) on the table or the shadow", err)
 	}
 	return tx, nil
 }
