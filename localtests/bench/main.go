@@ -184,10 +184,7 @@ func main() {
 		}
 	}
 	if c.docs != "" && ctx.Err() == nil {
-		if err := os.WriteFile(c.docs, []byte(rep.markdown()), 0o644); err != nil {
-			fatalf("writing %s: %v", c.docs, err)
-		}
-		logf("wrote %s", c.docs)
+		writeDocs(c.docs, rep.markdown())
 	}
 	if ctx.Err() != nil {
 		os.Exit(130)
@@ -224,11 +221,24 @@ func rewrite(results, docs string) {
 	rep.evaluate()
 	fmt.Print(rep.text())
 	if docs != "" {
-		if err := os.WriteFile(docs, []byte(rep.markdown()), 0o644); err != nil {
-			fatalf("writing %s: %v", docs, err)
-		}
-		logf("wrote %s", docs)
+		writeDocs(docs, rep.markdown())
 	}
+}
+
+// historyHeading starts the part of the docs that a run does not write:
+// what each change to osc bought, kept from the file being replaced.
+const historyHeading = "\n## What each change bought\n"
+
+func writeDocs(path, md string) {
+	if old, err := os.ReadFile(path); err == nil {
+		if i := strings.Index(string(old), historyHeading); i >= 0 {
+			md = strings.TrimRight(md, "\n") + "\n" + string(old[i:])
+		}
+	}
+	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+		fatalf("writing %s: %v", path, err)
+	}
+	logf("wrote %s", path)
 }
 
 func flagSet(name string) bool {
