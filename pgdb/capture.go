@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -16,9 +17,11 @@ import (
 
 // StartCapture publishes the table and starts streaming from a new
 // temporary logical slot. The publication must exist before the slot:
-// pgoutput looks publications up as of each change's position. Every
-// write committed after the slot's consistent point reaches the applier;
-// the copy starts later and sees everything committed before it.
+// pgoutput looks publications up as of each change's position. The slot
+// exports its snapshot, which a transaction of osc's holds for the copy:
+// the copy reads exactly the transactions committed before the slot's
+// consistent point, and the stream carries exactly those committed after
+// it, which the applier replays once the copy is done.
 func (e *Engine) StartCapture(ctx context.Context) (replication.Stream, error) {
 	if _, err := e.pool.Exec(ctx, "CREATE PUBLICATION "+q(e.names.publication)+" FOR TABLE ONLY "+e.qt(e.src.name)); err != nil {
 		return nil, fmt.Errorf("creating publication %s: %w", q(e.names.publication), err)
@@ -36,18 +39,113 @@ func (e *Engine) StartCapture(ctx context.Context) (replication.Stream, error) {
 		Columns:      cols,
 		MarkerPrefix: e.names.markerPrefix,
 		Check:        e.checkSlotWAL,
+		Snapshot:     e.holdSnapshot,
 		Logger:       e.log.Named("pgoutput"),
 	})
 	if err != nil {
+		e.snap.release(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("starting logical replication from slot %s: %w", e.names.slot, redactErr(err, e.cfg.Password))
 	}
 	e.reader = r
+	e.warnCopyWAL(ctx)
 	c, err := e.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
 	e.apply = c
 	return r, nil
+}
+
+// snapshot is the slot's exported snapshot, held for the copy by a
+// REPEATABLE READ transaction on a connection of its own. The slot's name
+// for it lapses at START_REPLICATION, so the holder exports it again
+// under a name of its own, which the copy's transactions import for as
+// long as the holder stays open. The holder's xmin holds back vacuum (of
+// every table of the database) while it is open: EndCopy releases it as
+// soon as the last chunk is copied, and every other exit path too.
+type snapshot struct {
+	mu    sync.Mutex
+	conn  *pgx.Conn
+	name  string // the holder's export, for SET TRANSACTION SNAPSHOT
+	since time.Time
+}
+
+// current is the snapshot's name, or "" once it is released.
+func (s *snapshot) current() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.name
+}
+
+// release ends the holder's transaction and closes its connection; it
+// reports how long the snapshot was held, and false if none was.
+func (s *snapshot) release(ctx context.Context) (time.Duration, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return 0, false
+	}
+	// The rollback returns once the server has dropped the transaction's
+	// xmin; closing alone would leave that to the backend's exit.
+	s.conn.Exec(ctx, "ROLLBACK")
+	s.conn.Close(ctx)
+	s.conn, s.name = nil, ""
+	return time.Since(s.since), true
+}
+
+// holdSnapshot imports the slot's exported snapshot into a read-only
+// REPEATABLE READ transaction that stays open until the copy ends, and
+// exports it again for the copy's transactions. It runs before
+// START_REPLICATION, while the slot's snapshot is still importable.
+func (e *Engine) holdSnapshot(ctx context.Context, slotSnapshot string) error {
+	c, err := e.connect(ctx)
+	if err != nil {
+		return err
+	}
+	var name string
+	// The holder is idle in its transaction for the whole copy: a
+	// database or role setting must not end it.
+	_, err = c.Exec(ctx, "SET idle_in_transaction_session_timeout = 0")
+	if err == nil {
+		_, err = c.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT "+lit(slotSnapshot))
+	}
+	if err == nil {
+		err = c.QueryRow(ctx, "SELECT pg_export_snapshot()").Scan(&name)
+	}
+	if err != nil {
+		c.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("holding the slot's snapshot for the copy: %w", err)
+	}
+	e.snap.mu.Lock()
+	e.snap.conn, e.snap.name, e.snap.since = c, name, time.Now()
+	e.snap.mu.Unlock()
+	e.log.Info("holding the slot's snapshot for the copy (vacuum cannot remove rows it sees until the copy ends)",
+		zap.Uint32("pid", c.PgConn().PID()), zap.String("snapshot", name))
+	return nil
+}
+
+// copyWALFactor estimates the WAL the copy writes from the size of the
+// table and its key index (pgbench_accounts: 236 MB for 128 + 21 MB).
+const copyWALFactor = 1.6
+
+// warnCopyWAL warns when the copy alone is likely to make the slot retain
+// more WAL than --max-slot-wal-bytes: the stream is not consumed until the
+// copy ends, so the slot keeps all WAL written meanwhile, the copy's own
+// writes included.
+func (e *Engine) warnCopyWAL(ctx context.Context) {
+	if e.cfg.MaxSlotWALBytes <= 0 {
+		return
+	}
+	var size int64
+	err := e.pool.QueryRow(ctx, `SELECT pg_table_size(c.oid) + coalesce((SELECT pg_relation_size(i.indexrelid) FROM pg_index i
+		WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident) ORDER BY i.indisprimary DESC LIMIT 1), 0)
+		FROM pg_class c WHERE c.oid = $1`, e.src.oid).Scan(&size)
+	estimate := int64(float64(size) * copyWALFactor)
+	if err != nil || estimate <= e.cfg.MaxSlotWALBytes {
+		return
+	}
+	e.log.Warn("the copy alone will likely make the slot retain more WAL than --max-slot-wal-bytes, which stops the run: the slot keeps all WAL written until the copy ends, the copy's own included; raise --max-slot-wal-bytes above this estimate plus what the server writes during the copy",
+		zap.Int64("copy_wal_estimate_bytes", estimate), zap.Int64("max_slot_wal_bytes", e.cfg.MaxSlotWALBytes))
 }
 
 // checkSlotWAL ends the stream when the slot retains more WAL than allowed:
@@ -68,6 +166,9 @@ func (e *Engine) checkSlotWAL(ctx context.Context) error {
 		return nil
 	}
 	if retained > e.cfg.MaxSlotWALBytes {
+		if e.snap.current() != "" {
+			return fmt.Errorf("replication slot %s retains %d bytes of WAL, more than --max-slot-wal-bytes=%d: during the copy the slot keeps all WAL written since the copy began (the copy's own included); raise the limit above the table's size plus what the server writes during the copy, or rerun at a quieter time", e.names.slot, retained, e.cfg.MaxSlotWALBytes)
+		}
 		return fmt.Errorf("replication slot %s retains %d bytes of WAL, more than --max-slot-wal-bytes=%d: the applier is not keeping up with the write load; rerun at a quieter time or raise the limit", e.names.slot, retained, e.cfg.MaxSlotWALBytes)
 	}
 	return nil
@@ -97,6 +198,9 @@ func (e *Engine) WriteMarker(ctx context.Context, kind, value string) error {
 // some earlier run left active (the run's advisory lock proves no osc
 // uses it).
 func (e *Engine) dropCapture(ctx context.Context, sweep bool) error {
+	if held, ok := e.snap.release(ctx); ok {
+		e.log.Info("released the copy's snapshot", zap.Duration("held", held))
+	}
 	if e.reader != nil {
 		e.reader.Close()
 		e.reader = nil

@@ -69,6 +69,9 @@ type Engine struct {
 	prepared map[string]string // the applier's prepared statements by text
 
 	reader *pgoutput.Reader
+	// snap is the copy's snapshot: the slot's, held open by a transaction
+	// of its own until the copy ends (see StartCapture and EndCopy).
+	snap snapshot
 	// marks are the markers' WAL positions, for standby lag.
 	marks      marks
 	replicasMu sync.Mutex
@@ -147,7 +150,11 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		pc.ConnConfig.Password = cfg.Password
 	}
 	pc.ConnConfig.RuntimeParams = sessionParams()
-	pc.MaxConns = 8
+	// The pool serves up to 4 copy workers (--copy-workers), the chunk
+	// boundaries, markers, the slot's WAL check and throttle queries at
+	// once; the applier, the copy's snapshot and the run's lock have
+	// connections of their own.
+	pc.MaxConns = 10
 	pc.MaxConnIdleTime = time.Minute
 	if e.pool, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
 		return nil, e.connectErr(err)
@@ -238,6 +245,7 @@ func (e *Engine) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	e.snap.release(ctx)
 	for _, c := range []*pgx.Conn{e.apply, e.runLock} {
 		if c != nil {
 			c.Close(ctx)

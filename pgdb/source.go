@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
 
 	"github.com/osc-dev/osc/copier"
 	"github.com/osc-dev/osc/verify"
@@ -42,21 +42,96 @@ func scanKey(row pgx.Row, n int) (copier.Key, error) {
 	return k, nil
 }
 
+// inSnapshot runs one statement in a REPEATABLE READ transaction of its
+// own, on a pool connection, that sees the copy's snapshot (the slot's, as
+// of its consistent point). The begin, the snapshot's import, the
+// statement (whose result read takes) and the commit go to the server as
+// one pipeline: one round trip. A failure leaves the transaction open and
+// the pool discards the connection.
+func (e *Engine) inSnapshot(ctx context.Context, readOnly bool, read func(pgx.BatchResults) error, query string, args ...any) error {
+	name := e.snap.current()
+	if name == "" {
+		return errors.New("the copy's snapshot is not held (the change stream was not started, or the copy has ended)")
+	}
+	begin := "BEGIN ISOLATION LEVEL REPEATABLE READ"
+	if readOnly {
+		begin += " READ ONLY"
+	}
+	b := &pgx.Batch{}
+	b.Queue(begin)
+	b.Queue("SET TRANSACTION SNAPSHOT " + lit(name))
+	b.Queue(query, args...)
+	b.Queue("COMMIT")
+	br := e.pool.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil {
+		if _, err = br.Exec(); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "22023" {
+				err = fmt.Errorf("the copy's snapshot is gone (the session holding it ended): %w", err)
+			}
+		}
+	}
+	if err == nil {
+		err = read(br)
+	}
+	if err == nil || errors.Is(err, pgx.ErrNoRows) {
+		if _, cerr := br.Exec(); cerr != nil {
+			err = cerr
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// streamFailed is why the change stream ended, if it did: the applier
+// is held during the copy and would only see it afterwards.
+func (e *Engine) streamFailed() error {
+	if e.reader == nil {
+		return nil
+	}
+	if err := e.reader.Err(); err != nil {
+		return fmt.Errorf("the change stream ended during the copy: %w", err)
+	}
+	return nil
+}
+
+// Max is the highest key in the copy's snapshot: rows inserted after it
+// are in the stream.
 func (s *source) Max(ctx context.Context) (copier.Key, bool, error) {
 	st := s.sql
-	k, err := scanKey(s.pool.QueryRow(ctx, "SELECT "+st.keyText()+" FROM ONLY "+st.src+" ORDER BY "+st.keyOrder(true)+" LIMIT 1"), len(st.keyCols))
+	var k copier.Key
+	err := (*Engine)(s).inSnapshot(ctx, true, func(br pgx.BatchResults) (err error) {
+		k, err = scanKey(br.QueryRow(), len(st.keyCols))
+		return err
+	}, "SELECT "+st.keyText()+" FROM ONLY "+st.src+" ORDER BY "+st.keyOrder(true)+" LIMIT 1")
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, false, nil
 	}
 	return k, err == nil, err
 }
 
+// Boundary finds a chunk's end in the copy's snapshot, in a transaction of
+// its own: one transaction for the whole copy would hold the table's
+// ACCESS SHARE lock, and then DDL by others, and everything queued behind
+// it, would wait for the copy. It scans size entries of the key's index
+// (an index-only scan on a vacuumed table), far less than a chunk's copy,
+// so one goroutine keeps several copy workers busy.
 func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max copier.Key) (copier.Key, bool, error) {
+	if err := (*Engine)(s).streamFailed(); err != nil {
+		return nil, false, err
+	}
 	st := s.sql
 	where := st.rangeWhere(st.keyList(), after != nil, true)
 	args := append(keyArgs(after, max), size-1)
-	k, err := scanKey(s.pool.QueryRow(ctx, fmt.Sprintf("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT 1 OFFSET $%d",
-		st.keyText(), st.src, where, st.keyOrder(false), len(args)), args...), len(st.keyCols))
+	var k copier.Key
+	err := (*Engine)(s).inSnapshot(ctx, true, func(br pgx.BatchResults) (err error) {
+		k, err = scanKey(br.QueryRow(), len(st.keyCols))
+		return err
+	}, fmt.Sprintf("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT 1 OFFSET $%d",
+		st.keyText(), st.src, where, st.keyOrder(false), len(args)), args...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return max, true, nil
 	}
@@ -66,31 +141,20 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 	return k, false, nil
 }
 
-// nowaitAttempts is how often a chunk is tried without waiting for row
-// locks the application holds, before one attempt that waits.
-const nowaitAttempts = 8
-
-// Copy copies a chunk in its own short transaction. It first tries
-// without waiting for the application's row locks, backing off while
-// they are held, so that it neither deadlocks with the application nor
-// makes it wait behind a chunk waiting for someone else; a chunk whose
-// rows stay busy is finally copied waiting.
+// Copy copies a chunk as the copy's snapshot sees it, in a transaction of
+// its own on a pool connection; chunks may be copied concurrently. The
+// applier is held until the copy ends, so nothing else writes to the
+// shadow meanwhile and no row of the chunk can be there already: no lock
+// on the table's rows, no conflict handling (a duplicate key is an error).
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error) {
+	if err := (*Engine)(s).streamFailed(); err != nil {
+		return 0, err
+	}
 	var tag pgconn.CommandTag
-	err := retryDeadlock(ctx, func() (err error) {
-		for i := 0; ; i++ {
-			nowait := i < nowaitAttempts
-			tag, err = s.pool.Exec(ctx, s.sql.copyRange(after != nil, end != nil, nowait), keyArgs(after, end)...)
-			if !nowait || !isLockTimeout(err) {
-				return err
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(min(time.Duration(5<<i)*time.Millisecond, 200*time.Millisecond)):
-			}
-		}
-	})
+	err := (*Engine)(s).inSnapshot(ctx, false, func(br pgx.BatchResults) (err error) {
+		tag, err = br.Exec()
+		return err
+	}, s.sql.copyRange(after != nil, end != nil), keyArgs(after, end)...)
 	if err != nil {
 		// A column dropped or retyped by someone else's DDL breaks the
 		// copy: say so rather than quote the server's error.
@@ -112,7 +176,9 @@ func copyErr(err error) error {
 }
 
 // Repair copies a chunk again: the shadow's rows in it are replaced by the
-// source's, in one transaction.
+// table's latest rows, in one transaction. Unlike the copy it runs while
+// the applier applies the stream, so it reads under row locks (see
+// repairRange) and may find rows the applier has just written.
 func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 	st := e.sql
 	return retryDeadlock(ctx, func() error {
@@ -120,7 +186,7 @@ func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 			if _, err := tx.Exec(ctx, "DELETE FROM "+st.shadow+" WHERE "+st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil), keyArgs(c.After, c.End)...); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, st.copyRange(c.After != nil, c.End != nil, false), keyArgs(c.After, c.End)...)
+			_, err := tx.Exec(ctx, st.repairRange(c.After != nil, c.End != nil), keyArgs(c.After, c.End)...)
 			return copyErr(err)
 		})
 	})
@@ -130,8 +196,15 @@ func (e *Engine) Repair(ctx context.Context, c verify.Chunk) error {
 // index but the key's until FinishShadow, so nothing is ever displaced.
 func (e *Engine) Restore(context.Context) (int, error) { return 0, nil }
 
-// SnapshotCopy is false for now (see EndCopy).
-func (e *Engine) SnapshotCopy() bool { return false }
+// SnapshotCopy is true: the copy reads the slot's exported snapshot, and
+// the applier replays the stream from the slot's consistent point once
+// the copy is done (docs/postgresql.md).
+func (e *Engine) SnapshotCopy() bool { return true }
 
-// EndCopy has nothing to release.
-func (e *Engine) EndCopy(context.Context) error { return nil }
+// EndCopy releases the copy's snapshot, which holds back vacuum.
+func (e *Engine) EndCopy(ctx context.Context) error {
+	if held, ok := e.snap.release(context.WithoutCancel(ctx)); ok {
+		e.log.Info("copy done; released its snapshot", zap.Duration("held", held))
+	}
+	return nil
+}

@@ -113,19 +113,25 @@ func (s *statements) rangeWhere(keys string, hasAfter, hasEnd bool) string {
 	return strings.Join(conds, " AND ")
 }
 
-// copyRange copies a key range into the shadow. FOR SHARE waits for
-// in-flight writers of those rows and, in READ COMMITTED, reads the
-// version they committed, so a row is never copied older than a change
-// the stream has already delivered (docs/postgresql.md). With nowait it
-// fails instead of waiting (55P03): the copy then never waits for the
-// application, so it can never be part of a deadlock with it.
-func (s *statements) copyRange(hasAfter, hasEnd, nowait bool) string {
-	lock := " FOR SHARE"
-	if nowait {
-		lock += " NOWAIT"
-	}
+// copyRange copies a key range into the shadow as the transaction's
+// snapshot sees it: the copy runs in the slot's exported snapshot while
+// the applier is held, so the shadow has no row of the range yet and no
+// change to the table since the snapshot may be applied before it. No
+// row locks (FOR SHARE would write every row's xmax, dirtying every page
+// of the table) and no ON CONFLICT.
+func (s *statements) copyRange(hasAfter, hasEnd bool) string {
 	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
-		" FROM ONLY " + s.src + " WHERE " + s.rangeWhere(s.keyList(), hasAfter, hasEnd) + lock + s.conflict
+		" FROM ONLY " + s.src + " WHERE " + s.rangeWhere(s.keyList(), hasAfter, hasEnd)
+}
+
+// repairRange copies a key range again while the applier runs (a repair
+// after verification), in READ COMMITTED. FOR SHARE waits for in-flight
+// writers of those rows and reads the version they committed, so a row is
+// never copied older than a change the stream may already have delivered;
+// a row the applier wrote meanwhile is left to it (ON CONFLICT): every
+// later change of it follows in the stream.
+func (s *statements) repairRange(hasAfter, hasEnd bool) string {
+	return s.copyRange(hasAfter, hasEnd) + " FOR SHARE" + s.conflict
 }
 
 // rowSource is a one-row subquery holding the stream's values of the
@@ -143,7 +149,9 @@ func (s *statements) rowSource(present []bool) string {
 	return "(SELECT " + strings.Join(cols, ", ") + ") AS " + s.alias
 }
 
-// insert writes a full row image; a row already in the shadow is newer.
+// insert writes a full row image. After the snapshot copy no row is
+// there yet; a row already there was copied by a repair from the table's
+// latest rows, and is newer.
 func (s *statements) insert() string {
 	all := make([]bool, len(s.repl))
 	for i := range all {
@@ -213,10 +221,14 @@ func (s *statements) deleteMovedOnto() string {
 }
 
 // copyKey copies one row from the source by key ($1..), for a key change
-// whose old row was not in the shadow and whose new image is incomplete.
+// whose old row was not in the shadow and whose new image is incomplete
+// (only after a repair; see writer.add). The row is normally in the shadow
+// already (the update before it moved it there): the shadow is checked
+// first, so that the table's row is not locked for nothing.
 func (s *statements) copyKey() string {
 	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
-		" FROM ONLY " + s.src + " WHERE " + s.keyList() + " = " + s.keyParams(1) + " FOR SHARE" + s.conflict
+		" FROM ONLY " + s.src + " WHERE " + s.keyList() + " = " + s.keyParams(1) +
+		" AND NOT EXISTS (SELECT FROM " + s.shadow + " WHERE " + s.shadowKey + " = " + s.keyParams(1) + ") FOR SHARE" + s.conflict
 }
 
 // verifyExprs render the compared columns on each side: the source's value

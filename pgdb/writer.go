@@ -13,7 +13,13 @@ import (
 
 const textOID = 25
 
-// Writer applies changes on the applier's own connection.
+// Writer applies changes on the applier's own connection. The applier
+// starts once the snapshot copy is done, from the slot's consistent point,
+// so each change finds the shadow as the table was just before it: an
+// insert's key is free, an update's or delete's row is there. The paths
+// for a row missing or already present serve the rows a verification
+// repair copied again from the table's latest state while the applier
+// ran (Repair), which may be ahead of the stream.
 func (e *Engine) Writer() applier.Writer { return (*writer)(e) }
 
 type writer Engine
@@ -97,8 +103,9 @@ func (w *writer) add(ctx context.Context, b *pgconn.Batch, st *statements, c *re
 		}
 		vals, oids := rowParams(st, c.After, present)
 		if moved {
-			// The row at the new key may have been copied ahead of this
-			// change: it goes when the old row is there to move onto it.
+			// A repair may have copied the row at the new key ahead of
+			// this change: it goes when the old row is there to move onto
+			// it. (Replayed in order, the new key is free.)
 			if err := w.queue(ctx, b, st.moveOnto, append(append([][]byte{}, newKey...), oldKey...), textOIDs(2*len(newKey))); err != nil {
 				return err
 			}
@@ -109,8 +116,9 @@ func (w *writer) add(ctx context.Context, b *pgconn.Batch, st *statements, c *re
 			}
 		}
 		if moved {
-			// The old row was not in the shadow (not copied yet, and now
-			// gone from its range): the new one must come from here.
+			// If the old row was not in the shadow (a repair copied its
+			// range after the row had left it), the new one must come
+			// from here; otherwise these find it moved and do nothing.
 			if complete {
 				all, allOIDs := rowParams(st, c.After, nil)
 				if err := w.queue(ctx, b, st.insertRow, all, allOIDs); err != nil {

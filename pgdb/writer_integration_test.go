@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"strings"
 	"testing"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -122,46 +121,5 @@ func TestWriterRejectsWhatBreaksTheNewDefinition(t *testing.T) {
 	// The batch is one transaction: nothing of it stays.
 	if got := rows(t, db, `SELECT count(*) FROM "_t_new"`); got != "0" {
 		t.Errorf("a failed batch left %s rows", got)
-	}
-}
-
-// TestCopyWaitsOutRowLocks: a chunk meets a row an application transaction
-// is updating; the copy backs off without queueing behind it, and copies
-// the version that transaction commits.
-func TestCopyWaitsOutRowLocks(t *testing.T) {
-	e, db := shadowEngine(t, "CREATE TABLE t (id int PRIMARY KEY, v text)", "ADD COLUMN z int")
-	if _, err := db.Exec("INSERT INTO t SELECT g, 'old' FROM generate_series(1, 10) g"); err != nil {
-		t.Fatal(err)
-	}
-	e.sql = newStatements(e)
-	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec("UPDATE t SET v = 'new' WHERE id = 5"); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.Source().Copy(ctx, nil, []any{"10"})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		t.Fatalf("the copy finished while a row of its chunk was being updated: %v", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if got := rows(t, db, `SELECT v FROM "_t_new" WHERE id = 5`); got != "new" {
-		t.Errorf("copied %q, want the committed update", got)
-	}
-	if got := rows(t, db, `SELECT count(*) FROM "_t_new"`); got != "10" {
-		t.Errorf("copied %s rows, want 10", got)
 	}
 }

@@ -5,7 +5,10 @@
 // boundaries, in commit order.
 //
 // Start creates a temporary logical slot on a replication connection and
-// starts streaming from the slot's consistent point. One goroutine owns the
+// starts streaming from the slot's consistent point. With Config.Snapshot,
+// the slot exports its snapshot first: a copy made in that snapshot holds
+// exactly the transactions that committed before the consistent point, and
+// the stream exactly those that commit after it. One goroutine owns the
 // connection: it receives and decodes messages and queues the events for
 // Next in a bounded queue. While the queue is full it stops reading but
 // keeps answering the server (standby status updates), so a slow consumer
@@ -64,6 +67,15 @@ type Config struct {
 	// retention. Its context is canceled by Close.
 	Check      func(ctx context.Context) error
 	CheckEvery time.Duration
+	// Snapshot, if set, makes the slot export its snapshot
+	// (EXPORT_SNAPSHOT) and is called with the snapshot's name before
+	// START_REPLICATION. The snapshot sees exactly the transactions that
+	// committed before the slot's consistent point; every transaction that
+	// commits after it is in the stream. It stays importable only until
+	// the replication connection's next command, so Snapshot must import it
+	// (SET TRANSACTION SNAPSHOT) into a transaction of its own that lives
+	// on after the call. An error ends Start.
+	Snapshot func(ctx context.Context, name string) error
 
 	Logger *zap.Logger
 }
@@ -177,10 +189,11 @@ func validate(cfg Config) error {
 }
 
 // Start connects, creates the temporary slot (CREATE_REPLICATION_SLOT ...
-// TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT) and returns once
-// START_REPLICATION runs from the slot's consistent point. Creating the
-// slot waits for the transactions running at that moment to end; ctx
-// bounds that and the rest of the setup, not the stream.
+// TEMPORARY LOGICAL pgoutput, exporting its snapshot to Config.Snapshot if
+// set) and returns once START_REPLICATION runs from the slot's consistent
+// point. Creating the slot waits for the transactions running at that
+// moment to end; ctx bounds that and the rest of the setup (Snapshot
+// included), not the stream.
 func Start(ctx context.Context, cfg Config) (*Reader, error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
@@ -211,9 +224,13 @@ func Start(ctx context.Context, cfg Config) (*Reader, error) {
 		conn.Close(cctx)
 		return nil, fmt.Errorf(format, args...)
 	}
+	action := "NOEXPORT_SNAPSHOT"
+	if cfg.Snapshot != nil {
+		action = "EXPORT_SNAPSHOT"
+	}
 	slot, err := pglogrepl.CreateReplicationSlot(ctx, conn, cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 		Temporary:      true,
-		SnapshotAction: "NOEXPORT_SNAPSHOT",
+		SnapshotAction: action,
 		Mode:           pglogrepl.LogicalReplication,
 	})
 	if err != nil {
@@ -222,6 +239,15 @@ func Start(ctx context.Context, cfg Config) (*Reader, error) {
 	start, err := pglogrepl.ParseLSN(slot.ConsistentPoint)
 	if err != nil {
 		return fail("pgoutput: slot %s: consistent point %q: %w", cfg.Slot, slot.ConsistentPoint, err)
+	}
+	if cfg.Snapshot != nil {
+		if slot.SnapshotName == "" {
+			return fail("pgoutput: slot %s exported no snapshot", cfg.Slot)
+		}
+		// The snapshot is importable until this connection's next command.
+		if err := cfg.Snapshot(ctx, slot.SnapshotName); err != nil {
+			return fail("pgoutput: importing the snapshot of slot %s: %w", cfg.Slot, err)
+		}
 	}
 	err = pglogrepl.StartReplication(ctx, conn, cfg.Slot, start, pglogrepl.StartReplicationOptions{
 		Mode: pglogrepl.LogicalReplication,
@@ -238,7 +264,7 @@ func Start(ctx context.Context, cfg Config) (*Reader, error) {
 		zap.String("host", pgcfg.Host), zap.Uint16("port", pgcfg.Port), zap.String("user", pgcfg.User),
 		zap.String("database", pgcfg.Database),
 		zap.String("publication", cfg.Publication), zap.Uint32("relation", cfg.Relation),
-		zap.String("consistent_point", slot.ConsistentPoint))
+		zap.String("consistent_point", slot.ConsistentPoint), zap.Bool("exported_snapshot", cfg.Snapshot != nil))
 
 	checkCtx, cancelCheck := context.WithCancel(context.Background())
 	checkEvery := cfg.CheckEvery
@@ -288,6 +314,18 @@ func (r *Reader) Next(ctx context.Context) (replication.Event, error) {
 		return ev, nil
 	case <-ctx.Done():
 		return replication.Event{}, ctx.Err()
+	}
+}
+
+// Err is why the stream ended, or nil while it runs. Unlike Next it does
+// not wait, and it reports the end even while events are still queued: a
+// consumer that holds off reading (during a snapshot copy) can stop early.
+func (r *Reader) Err() error {
+	select {
+	case <-r.done:
+		return r.err
+	default:
+		return nil
 	}
 }
 
