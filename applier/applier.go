@@ -50,8 +50,17 @@ func (a *Applier) Paused() bool { return a.paused.Load() }
 // operator pauses and resumes meanwhile.
 func (a *Applier) Hold(on bool) { a.held.Store(on) }
 
+// failer is a stream that reports its failure before its queue is
+// drained: a held or paused applier reads nothing, so it asks.
+type failer interface{ Err() error }
+
 func (a *Applier) waitResumed(ctx context.Context) error {
 	for a.paused.Load() || a.held.Load() {
+		if s, ok := a.stream.(failer); ok {
+			if err := s.Err(); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("change stream: %w", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -118,7 +118,7 @@ func (o *Options) defaults() {
 	}
 }
 
-// maxCopyWorkers stays below the engines' connection pools (PostgreSQL: 8),
+// maxCopyWorkers stays below the engines' connection pools (PostgreSQL: 10),
 // which the applier and the markers share.
 const maxCopyWorkers = 4
 
