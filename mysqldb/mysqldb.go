@@ -125,7 +125,11 @@ func open(cfg Config, collation string) (*sql.DB, error) {
 	c.Collation = collation
 	c.InterpolateParams = true
 	c.Timeout = 10 * time.Second
-	c.Params = map[string]string{"time_zone": "'+00:00'", "sql_mode": sessionSQLMode}
+	// max_error_count: SHOW WARNINGS lists every warning of a multi-row
+	// statement or a copied chunk (the server keeps 64 by default), so
+	// that expected duplicates on the chunking key cannot hide a lossy
+	// conversion.
+	c.Params = map[string]string{"time_zone": "'+00:00'", "sql_mode": sessionSQLMode, "max_error_count": "65535"}
 	conn, err := mysql.NewConnector(c)
 	if err != nil {
 		return nil, fmt.Errorf("connection settings: %w", err)

@@ -27,16 +27,6 @@ const (
 	maxCaseBranches      = 1000
 )
 
-// warningLimit raises max_error_count for one statement (MariaDB), so that
-// SHOW WARNINGS lists every warning of a multi-row statement: by default
-// the server keeps the first 64, and 64 expected duplicates on the
-// chunking key would hide a lossy conversion behind them. MySQL has no SET
-// STATEMENT; there the session's limit is raised in each transaction.
-const (
-	maxErrorCount = "65535"
-	warningLimit  = "SET STATEMENT max_error_count=" + maxErrorCount + " FOR "
-)
-
 // writer applies row images to the shadow. Inserts are INSERT IGNORE (the
 // copy may have brought the row already, in the same or a newer state that
 // later events reproduce), never REPLACE: REPLACE would silently delete a
@@ -73,11 +63,6 @@ type writer struct {
 	caseKey    string
 	caseKeyArg string // its placeholder
 	updateMax  int    // rows per multi-row UPDATE
-	// warnPrefix precedes multi-row statements: warningLimit on MariaDB.
-	warnPrefix string
-	// sessionLimit: raise the session's max_error_count in each transaction
-	// (MySQL, which has no SET STATEMENT).
-	sessionLimit bool
 	// txOpts: READ COMMITTED when the chunking key is the shadow's only
 	// unique index (see Apply); nil keeps the server's default.
 	txOpts *sql.TxOptions
@@ -127,11 +112,6 @@ func (e *Engine) Writer() applier.Writer {
 	if len(w.sets) > 0 {
 		w.updateMax = max(1, min(maxRowsPerStatement, maxCaseBranches/len(w.sets)))
 	}
-	if e.flavor == "mariadb" {
-		w.warnPrefix = warningLimit
-	} else {
-		w.sessionLimit = true
-	}
 	if w.onlyKeyUnique() {
 		w.txOpts = &sql.TxOptions{Isolation: sql.LevelReadCommitted}
 		w.regroup = true
@@ -180,11 +160,6 @@ func (w *writer) Apply(ctx context.Context, changes []replication.Change) error 
 			return err
 		}
 		defer tx.Rollback()
-		if w.sessionLimit {
-			if _, err := tx.ExecContext(ctx, "SET SESSION max_error_count = "+maxErrorCount); err != nil {
-				return err
-			}
-		}
 		if err := w.apply(ctx, tx, changes); err != nil {
 			return err
 		}
@@ -506,9 +481,8 @@ func (w *writer) updateRows(ctx context.Context, tx *sql.Tx, changes []replicati
 // column set by a CASE over the key, the rows picked by their keys.
 func (w *writer) updateStatement(run []replication.Change, latest []int) (string, []any) {
 	var b strings.Builder
-	b.Grow(len(w.warnPrefix) + len(w.updateHead) + len(latest)*(len(w.sets)+1)*(len(w.keyEq)+32))
+	b.Grow(len(w.updateHead) + len(latest)*(len(w.sets)+1)*(len(w.keyEq)+32))
 	args := make([]any, 0, len(latest)*(len(w.sets)+1)*(len(w.keyIdx)+1))
-	b.WriteString(w.warnPrefix)
 	b.WriteString(w.updateHead)
 	for n, col := range w.sets {
 		if n > 0 {
@@ -668,10 +642,7 @@ func (w *writer) key(row []any) copier.Key {
 
 func (w *writer) insertOnce(ctx context.Context, tx *sql.Tx, run []replication.Change) error {
 	var b strings.Builder
-	b.Grow(len(w.warnPrefix) + len(w.insertSQL) + len(run)*(len(w.rowExpr)+2))
-	if len(run) > 1 {
-		b.WriteString(w.warnPrefix)
-	}
+	b.Grow(len(w.insertSQL) + len(run)*(len(w.rowExpr)+2))
 	b.WriteString(w.insertSQL)
 	args := make([]any, 0, len(run)*len(w.srcIdx))
 	for n, c := range run {
