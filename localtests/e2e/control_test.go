@@ -589,6 +589,11 @@ func ctlBoth(t *testing.T, f func(t *testing.T, e *ctlEnv)) {
 // naming it; the copy resumes when it catches up, and the run completes.
 func TestThrottleReplicaLag(t *testing.T) {
 	ctlBoth(t, func(t *testing.T, e *ctlEnv) {
+		if e.pg {
+			e.pgs.HoldStandby(t)
+		} else {
+			e.my.HoldReplica(t)
+		}
 		e.createTable(ctlRows)
 		e.waitReplica()
 		flag := filepath.Join(t.TempDir(), "throttle")

@@ -40,6 +40,7 @@ func TestPrimary(t *testing.T) {
 
 func TestReplica(t *testing.T) {
 	my := harness.MariaDB(t)
+	my.HoldReplica(t)
 	st := my.SlaveStatus(t)
 	if st == nil {
 		t.Fatal("replica has no replication configured")
@@ -167,6 +168,7 @@ func TestChecksum(t *testing.T) {
 
 func TestWaitReplicaStopped(t *testing.T) {
 	my := harness.MariaDB(t)
+	my.HoldReplica(t)
 	rdb := my.OpenReplica(t, "")
 	_, db := my.NewDatabase(t)
 	my.WaitReplica(t)
@@ -227,6 +229,7 @@ func TestPGStandby(t *testing.T) {
 
 func TestPGWaitStandby(t *testing.T) {
 	pg := harness.Postgres(t)
+	pg.HoldStandby(t)
 	name, db := pg.NewDatabase(t)
 	if _, err := db.Exec("CREATE TABLE t (id int PRIMARY KEY, v text)"); err != nil {
 		t.Fatal(err)
@@ -255,6 +258,7 @@ func TestPGWaitStandby(t *testing.T) {
 
 func TestPGWaitStandbyPaused(t *testing.T) {
 	pg := harness.Postgres(t)
+	pg.HoldStandby(t)
 	sdb := pg.OpenStandby(t, "")
 	_, db := pg.NewDatabase(t)
 	pg.WaitStandby(t)
