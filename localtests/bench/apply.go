@@ -130,6 +130,7 @@ func runApply(ctx context.Context, c *config, t *target) *ApplyRun {
 		ar.Err = err.Error()
 		return ar
 	}
+	rss := watchRSS(cmd.Process.Pid)
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 	finish := func() {
@@ -148,9 +149,7 @@ func runApply(ctx context.Context, c *config, t *target) *ApplyRun {
 		os.WriteFile(logBase+".out", stdout.Bytes(), 0o644)
 		if ps := cmd.ProcessState; ps != nil {
 			ar.Exit = ps.ExitCode()
-			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-				ar.RSSMB = float64(ru.Maxrss) / 1024
-			}
+			ar.RSSMB = float64(rss.peakKB()) / 1024
 			ar.CPUS = (ps.UserTime() + ps.SystemTime()).Seconds()
 		}
 	}

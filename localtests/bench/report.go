@@ -591,8 +591,10 @@ minutes).
   the others must hold the last value, and the row count must match. For the
   bare copy, which swaps nothing, this checks the original table (a check of
   the generator itself).
-- **Resources.** Peak RSS is ` + "`getrusage`" + `'s ` + "`ru_maxrss`" + ` of the child process
-  (Go's ` + "`ProcessState.SysUsage()`" + `), CPU its user + system time; server CPU is
+- **Resources.** Peak RSS is the child's ` + "`VmHWM`" + ` (` + "`/proc/PID/status`" + `, sampled
+  every 20 ms; ` + "`getrusage`" + `'s ` + "`ru_maxrss`" + ` would include this program's own RSS,
+  which Go's ` + "`CLONE_VM`" + ` start of children carries into it), CPU its user + system
+  time (` + "`ProcessState`" + `); server CPU is
   the database server's CPU time over the run (` + "`/proc/PID/stat`" + `; PostgreSQL:
   the postmaster and its backends), which includes what the load costs.
 - **Applier throughput.** osc runs with ` + "`--throttle-flag-file`" + ` (the copy waits,

@@ -52,7 +52,7 @@ type contender struct {
 type runOut struct {
 	wall   time.Duration
 	proc   bool    // a child process: rss and cpu are meaningful
-	rssKB  int64   // peak RSS (getrusage ru_maxrss)
+	rssKB  int64   // peak RSS (VmHWM, see rssWatch)
 	cpu    float64 // user + sys seconds of the child
 	exit   int
 	err    string
@@ -243,14 +243,16 @@ func runProc(ctx context.Context, logBase string, env []string, name string, arg
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	t0 := time.Now()
-	err = cmd.Run()
+	var rss *rssWatch
+	if err = cmd.Start(); err == nil {
+		rss = watchRSS(cmd.Process.Pid)
+		err = cmd.Wait()
+	}
 	out.wall = time.Since(t0)
 	os.WriteFile(logBase+".out", stdout.Bytes(), 0o644)
 	if ps := cmd.ProcessState; ps != nil {
 		out.proc = true
-		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-			out.rssKB = ru.Maxrss
-		}
+		out.rssKB = rss.peakKB()
 		out.cpu = (ps.UserTime() + ps.SystemTime()).Seconds()
 		out.exit = ps.ExitCode()
 	}
