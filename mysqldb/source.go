@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/osc-dev/osc/copier"
@@ -197,14 +196,10 @@ func (s *source) copyWhere(ctx context.Context, tx *sql.Tx, where string, args [
 	if err != nil {
 		return 0, err
 	}
-	n, _ := res.RowsAffected()
-	ws, err := showWarnings(ctx, tx)
-	if err != nil {
+	if err := s.e.statementWarnings(ctx, tx, "copying rows"); err != nil {
 		return 0, err
 	}
-	if err := s.e.checkWarnings(ws); err != nil {
-		return 0, fmt.Errorf("copying rows: %w", err)
-	}
+	n, _ := res.RowsAffected()
 	return n, nil
 }
 

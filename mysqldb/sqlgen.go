@@ -203,6 +203,20 @@ func showWarnings(ctx context.Context, tx *sql.Tx) ([]warning, error) {
 	return ws, rows.Err()
 }
 
+// statementWarnings checks the warnings of the statement tx just ran (see
+// checkWarnings). Strict mode fails on most lossy values, but some
+// (DECIMAL rounding, trailing spaces cut) are only notes.
+func (e *Engine) statementWarnings(ctx context.Context, tx *sql.Tx, what string) error {
+	ws, err := showWarnings(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if err := e.checkWarnings(ws); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
 // errConflict is a duplicate on a unique key other than the chunking key:
 // see displace.go.
 type errConflict struct{ msg string }

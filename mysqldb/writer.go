@@ -474,7 +474,7 @@ func (w *writer) updateRows(ctx context.Context, tx *sql.Tx, changes []replicati
 	if err != nil {
 		return fmt.Errorf("update: %w", err)
 	}
-	return w.warnings(ctx, tx, "update")
+	return w.e.statementWarnings(ctx, tx, "update")
 }
 
 // updateStatement renders the UPDATE of the rows run[latest[...]]: each
@@ -567,21 +567,7 @@ func (w *writer) update(ctx context.Context, tx *sql.Tx, c replication.Change) e
 	if err != nil {
 		return fmt.Errorf("update: %w", err)
 	}
-	return w.warnings(ctx, tx, "update")
-}
-
-// warnings checks the warnings of the statement just run. Strict mode
-// fails on most lossy values, but some (DECIMAL rounding, trailing spaces
-// cut) are only notes.
-func (w *writer) warnings(ctx context.Context, tx *sql.Tx, what string) error {
-	ws, err := showWarnings(ctx, tx)
-	if err != nil {
-		return err
-	}
-	if err := w.e.checkWarnings(ws); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
+	return w.e.statementWarnings(ctx, tx, "update")
 }
 
 func (w *writer) keyChanged(c replication.Change) bool {
@@ -657,7 +643,7 @@ func (w *writer) insertOnce(ctx context.Context, tx *sql.Tx, run []replication.C
 	if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
 		return fmt.Errorf("insert: %w", err)
 	}
-	return w.warnings(ctx, tx, "insert")
+	return w.e.statementWarnings(ctx, tx, "insert")
 }
 
 // delete removes the rows with the before images' keys.

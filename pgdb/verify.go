@@ -76,7 +76,9 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 	}
 	// One snapshot per side, both taken while the table is still locked,
 	// so that the two sides of a chunk are hashed at once.
-	v := &pgView{e: e}
+	st := e.sql
+	src, dst := st.verifyExprs()
+	v := &pgView{e: e, row: [2]string{src, dst}}
 	for i := range v.tx {
 		tx, err := e.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 		if err == nil {
@@ -96,8 +98,9 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 }
 
 type pgView struct {
-	e  *Engine
-	tx [2]pgx.Tx // the source's side, the shadow's side
+	e   *Engine
+	tx  [2]pgx.Tx // the source's side, the shadow's side
+	row [2]string // each side's compared row expression
 }
 
 func (v *pgView) Boundary(ctx context.Context, after copier.Key, size int) (copier.Key, bool, error) {
@@ -113,7 +116,6 @@ func (v *pgView) Boundary(ctx context.Context, after copier.Key, size int) (copi
 
 func (v *pgView) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
 	st := v.e.sql
-	src, dst := st.verifyExprs()
 	args := keyArgs(c.After, c.End)
 	sides := [2]struct {
 		what, query string
@@ -121,8 +123,8 @@ func (v *pgView) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
 		h           string
 		err         error
 	}{
-		{what: "the table", query: hashQuery(st.src, src, st.rangeWhere(st.keyList(), c.After != nil, c.End != nil))},
-		{what: "the shadow table", query: hashQuery(st.shadow, dst, st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil))},
+		{what: "the table", query: hashQuery(st.src, v.row[0], st.rangeWhere(st.keyList(), c.After != nil, c.End != nil))},
+		{what: "the shadow table", query: hashQuery(st.shadow, v.row[1], st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil))},
 	}
 	var wg sync.WaitGroup
 	for i := range sides {
