@@ -34,16 +34,22 @@ func verifyExprs(m colPair) (src, dst string, ok bool) {
 // hashQuery counts a side's rows and folds a 64-bit hash of each row's
 // compared values: two CRCs (CRC32 and CRC32C where the server has it,
 // else the first 64 bits of MD5, about twice as slow) of the values joined
-// by '#', plus a NULL flag per value so that NULL differs from every
-// value. A value holding '#' could shift into its neighbour and hash alike,
-// which a copy that moves bytes between columns would need to do to go
-// unnoticed.
-func hashQuery(table string, exprs []string, crc32c bool) string {
-	nulls := make([]string, len(exprs))
+// by '#', plus a NULL flag per value that can be NULL on either side
+// (nullable), so that NULL differs from every value; NOT NULL columns
+// need none, and the flags cost a third of the hash. A value holding '#'
+// could shift into its neighbour and hash alike, which a copy that moves
+// bytes between columns would need to do to go unnoticed.
+func hashQuery(table string, exprs []string, nullable []bool, crc32c bool) string {
+	var nulls []string
 	for i, x := range exprs {
-		nulls[i] = "ISNULL(" + x + ")"
+		if nullable[i] {
+			nulls = append(nulls, "ISNULL("+x+")")
+		}
 	}
-	row := "CONCAT_WS('#', " + strings.Join(exprs, ", ") + ", CONCAT(" + strings.Join(nulls, ", ") + "))"
+	row := "CONCAT_WS('#', " + strings.Join(exprs, ", ") + ")"
+	if len(nulls) > 0 {
+		row = "CONCAT_WS('#', " + strings.Join(exprs, ", ") + ", CONCAT(" + strings.Join(nulls, ", ") + "))"
+	}
 	hash := "CAST(CONV(LEFT(MD5(" + row + "), 16), 16, 10) AS UNSIGNED)"
 	if crc32c {
 		hash = "CRC32(" + row + ") << 32 | CRC32C(" + row + ")"
@@ -106,13 +112,15 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 		}
 	}
 	var src, dst []string
+	var nullable []bool
 	for _, m := range e.mapping {
 		if s, d, ok := verifyExprs(m); ok {
 			src, dst = append(src, s), append(dst, d)
+			nullable = append(nullable, m.src.Nullable || m.dst.Nullable)
 		}
 	}
 	crc32c := v.conns[0].QueryRowContext(ctx, "SELECT CRC32C('')").Scan(new(int64)) == nil
-	v.hash = [2]string{hashQuery(v.s.from, src, crc32c), hashQuery(e.qt(e.names.shadow), dst, crc32c)}
+	v.hash = [2]string{hashQuery(v.s.from, src, nullable, crc32c), hashQuery(e.qt(e.names.shadow), dst, nullable, crc32c)}
 	return v, nil
 }
 
