@@ -30,6 +30,15 @@ type Source interface {
 	Copy(ctx context.Context, after, end Key) (int64, error)
 }
 
+// WorkerLimit is implemented by a Source whose chunks stop gaining from
+// running at once beyond some number, because the server serializes them
+// (MySQL: INSERT ... SELECT into a table with an AUTO_INCREMENT column
+// holds a table lock unless innodb_autoinc_lock_mode is 2). Extra workers
+// would only wait, and make the applier wait with them.
+type WorkerLimit interface {
+	MaxWorkers() int
+}
+
 // Gate is consulted before every chunk; it blocks while copying must wait.
 type Gate interface {
 	Wait(ctx context.Context) error
@@ -50,6 +59,9 @@ type Copier struct {
 // New returns a copier; chunkSize is the starting rows per chunk, workers
 // the chunks copied at once, each on its own connection.
 func New(src Source, gate Gate, chunkSize, workers int) *Copier {
+	if l, ok := src.(WorkerLimit); ok {
+		workers = min(workers, l.MaxWorkers())
+	}
 	c := &Copier{src: src, gate: gate, workers: max(workers, 1)}
 	c.SetChunkSize(chunkSize)
 	return c

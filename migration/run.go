@@ -140,7 +140,7 @@ func newEngine(ctx context.Context, o *Options, log *zap.Logger) (engine.Engine,
 		Host: o.Host, Port: o.Port, User: o.User, Password: o.Password,
 		Database: o.Database, Table: o.Table,
 		InitiallyDropShadow: o.InitiallyDropShadow, InitiallyDropOld: o.InitiallyDropOld,
-		DryRun: !o.Execute,
+		DryRun: !o.Execute, IndexesDuringCopy: o.IndexesDuringCopy,
 		Logger: log,
 	})
 }

@@ -35,7 +35,11 @@ type Config struct {
 	InitiallyDropOld bool
 	// DryRun never drops an old table, whatever the flags say.
 	DryRun bool
-	Logger *zap.Logger
+	// IndexesDuringCopy keeps the shadow's secondary indexes during the
+	// copy instead of building them after it (see deferIndexes): slower,
+	// but replicas never replay one long index build.
+	IndexesDuringCopy bool
+	Logger            *zap.Logger
 }
 
 // sessionSQLMode is strict so that the applier's UPDATEs fail rather than
@@ -77,6 +81,7 @@ type Engine struct {
 	// conflict, to copy back (displace.go).
 	displaced displacedSet
 	uniques   []uniqueIndex // the shadow's other unique indexes
+	deferred  []string      // index definitions FinishShadow adds to the shadow
 	rows      *source       // key predicates and row-copy SQL, set with the plan
 	// What this run created, so that cleanup never drops a leftover that
 	// preflight refused to touch.
@@ -157,6 +162,41 @@ func (e *Engine) Close() error {
 	}
 	e.data.Close()
 	return e.meta.Close()
+}
+
+// execKillable runs a long statement on a connection of its own and, if ctx
+// ends first, kills it on the server: the driver only closes the socket,
+// which a running ALTER does not notice, so Cleanup's DROP would wait for
+// it to finish.
+func (e *Engine) execKillable(ctx context.Context, stmt string) error {
+	c, err := e.meta.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var id int64
+	if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+		return err
+	}
+	finished := make(chan struct{})
+	killed := make(chan struct{})
+	go func() {
+		defer close(killed)
+		select {
+		case <-ctx.Done():
+			if _, err := e.meta.ExecContext(context.WithoutCancel(ctx), "KILL QUERY "+strconv.FormatInt(id, 10)); err != nil {
+				e.log.Warn("killing a cancelled statement failed", zap.Int64("connection", id), zap.Error(err))
+			}
+		case <-finished:
+		}
+	}()
+	_, err = c.ExecContext(context.WithoutCancel(ctx), stmt)
+	close(finished)
+	<-killed
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return err
 }
 
 func q(name string) string { return alter.QuoteIdent(name, alter.MySQL) }

@@ -4,7 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"math"
 	"strings"
+
+	"go.uber.org/zap"
 
 	"github.com/osc-dev/osc/copier"
 )
@@ -66,6 +70,36 @@ type source struct {
 	asc      string
 	desc     string
 	insert   string // INSERT IGNORE INTO shadow (...) SELECT ... FROM source
+	// maxWorkers is 1 when chunks serialize on the shadow's AUTO-INC lock
+	// (see limitWorkers), else 0: no limit.
+	maxWorkers int
+}
+
+// MaxWorkers implements copier.WorkerLimit.
+func (s *source) MaxWorkers() int {
+	if s.maxWorkers == 0 {
+		return math.MaxInt
+	}
+	return s.maxWorkers
+}
+
+// limitWorkers copies one chunk at a time when the shadow has an
+// AUTO_INCREMENT column and innodb_autoinc_lock_mode is below 2 (MariaDB's
+// default, and MySQL's before 8.0): every INSERT ... SELECT then holds the
+// table's AUTO-INC lock to its end, so a second worker only waits, and
+// the applier's inserts wait behind both.
+func (e *Engine) limitWorkers(ctx context.Context) error {
+	var mode, autoinc int
+	err := e.meta.QueryRowContext(ctx, `SELECT @@innodb_autoinc_lock_mode, (SELECT COUNT(*) FROM information_schema.COLUMNS
+		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA LIKE '%auto_increment%')`, e.cfg.Database, e.names.shadow).Scan(&mode, &autoinc)
+	if err != nil {
+		return fmt.Errorf("reading innodb_autoinc_lock_mode: %w", err)
+	}
+	if autoinc > 0 && mode < 2 {
+		e.rows.maxWorkers = 1
+		e.log.Info("chunks are copied one at a time: with innodb_autoinc_lock_mode < 2, each INSERT ... SELECT into a table with an AUTO_INCREMENT column holds a table lock", zap.Int("innodb_autoinc_lock_mode", mode))
+	}
+	return nil
 }
 
 // Source returns the chunk operations for the table.

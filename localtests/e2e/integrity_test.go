@@ -16,7 +16,9 @@ import (
 
 // The source table of the integrity tests. It is latin1 (so CONVERT TO
 // CHARACTER SET really transcodes), with a utf8mb4 column holding emoji, a
-// nullable INT and a column that one case drops.
+// nullable INT, a column that one case drops, and secondary indexes of
+// several shapes, which osc builds after the copy (their definitions must
+// come back exactly).
 const integritySchema = `CREATE TABLE t (
 	id BIGINT NOT NULL,
 	n INT NULL,
@@ -24,7 +26,9 @@ const integritySchema = `CREATE TABLE t (
 	s VARCHAR(64) NOT NULL,
 	u VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
 	d VARCHAR(32) NULL,
-	PRIMARY KEY (id)
+	PRIMARY KEY (id),
+	KEY n_v (n, v DESC),
+	` + "KEY `s pre``fix` (s(10)) COMMENT 'prefix index'" + `
 ) ENGINE=InnoDB DEFAULT CHARSET=latin1 COLLATE=latin1_swedish_ci`
 
 const (
@@ -163,6 +167,11 @@ func testIntegrity(t *testing.T, tc integrityCase) {
 		t.Errorf("Result.EventsApplied = 0 although the writers committed %d writes during the run", during.total())
 	}
 
+	// The copy ran without the secondary indexes (the definition check
+	// below shows they came back).
+	if got := e.logs.matching("built after the copy"); !strings.Contains(got, "n_v") || !strings.Contains(got, "s pre`fix") {
+		t.Errorf("osc did not build the secondary indexes n_v and `s pre``fix` after the copy; log: %s", got)
+	}
 	// t is now the new table: it must hold exactly what ref holds.
 	e.assertSameChecksum("t", "ref", refColumns, []string{"id"})
 	if a, b := e.count("t"), e.count("ref"); a != b {
