@@ -24,6 +24,8 @@
 #                           as soon as this PID exits (so a killed test run never
 #                           leaves servers behind)
 #   OSC_SERVERS_TIMEOUT     seconds to wait for a server / the replica (default 60)
+#   OSC_SERVERS_INNODB_BUFFER_POOL    MariaDB's innodb_buffer_pool_size (default 256M)
+#   OSC_SERVERS_INNODB_LOG_FILE_SIZE  MariaDB's innodb_log_file_size (default: the server's, 96M)
 #   OSC_PG_BINDIR           directory of the PostgreSQL server binaries (default:
 #                           /usr/lib/postgresql/15/bin, else pg_config --bindir)
 #
@@ -281,7 +283,7 @@ start_mariadb() {
 			--binlog-row-image=FULL
 			--log-slave-updates
 			--slave-net-timeout=10
-			--innodb-buffer-pool-size=256M
+			--innodb-buffer-pool-size="${OSC_SERVERS_INNODB_BUFFER_POOL:-256M}"
 			--innodb-flush-log-at-trx-commit=2
 			--innodb-doublewrite=0
 			--innodb-use-native-aio=0
@@ -291,6 +293,9 @@ start_mariadb() {
 			--character-set-server=utf8mb4
 			--collation-server=utf8mb4_general_ci
 		)
+		if [ -n "${OSC_SERVERS_INNODB_LOG_FILE_SIZE:-}" ]; then
+			args+=(--innodb-log-file-size="$OSC_SERVERS_INNODB_LOG_FILE_SIZE")
+		fi
 		# mariadbd refuses to run as root unless told to.
 		if [ "$(id -u)" = 0 ]; then args+=(--user=root); fi
 

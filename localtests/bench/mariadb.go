@@ -40,8 +40,10 @@ func setupMariaDB(ctx context.Context, c *config, env map[string]string, rep *re
 		return nil, err
 	}
 	var version, datadir string
-	admin.QueryRowContext(ctx, "SELECT VERSION(), @@datadir").Scan(&version, &datadir)
+	var pool, redo int64
+	admin.QueryRowContext(ctx, "SELECT VERSION(), @@datadir, @@innodb_buffer_pool_size, @@innodb_log_file_size").Scan(&version, &datadir, &pool, &redo)
 	rep.Machine["mariadb"] = version
+	rep.Machine["mariadb innodb_buffer_pool_size / innodb_log_file_size"] = fmt.Sprintf("%d MiB / %d MiB", pool>>20, redo>>20)
 	// The replica would replay every copy on the same two cores while the
 	// next contender runs: stop its threads for the benchmark.
 	if rp := env["OSC_TEST_MYSQL_REPLICA_PORT"]; rp != "" {
