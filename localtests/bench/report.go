@@ -527,7 +527,7 @@ are the baseline that later work on osc is measured against.
 ## How to run
 
 ` + "```sh" + `
-bash localtests/bench/bench.sh             # default run: about 11 minutes on 2 cores (10 min 43 s measured with --memory)
+bash localtests/bench/bench.sh             # default run: about 8 minutes on 2 cores (8 min 10 s measured with --memory)
 bash localtests/bench/bench.sh --quick     # smoke run, about 2 minutes: 100k rows, pgbench -s 1, 2 reps
 bash localtests/bench/bench.sh --memory    # the default plus osc's peak RSS on a 5x MariaDB table (one idle run)
 bash localtests/bench/bench.sh --only postgres --pg-scales 10 --reps 5
@@ -568,7 +568,7 @@ minutes).
   timed from the CREATE to the end of the INSERT; it swaps nothing and, on
   MariaDB in REPEATABLE READ, its INSERT ... SELECT share-locks the rows it
   reads, so under load it blocks the writers. *osc*: ` + "`osc --execute --result-json --serve-socket-file none --drop-old-table`" + `
-  with default settings (chunk size 1000, verification on). *pt-osc*:
+  with default settings (chunks adapting to 100 ms, verification on). *pt-osc*:
   ` + "`pt-online-schema-change --alter ... D=db,t=sbtest,... --execute --no-check-replication-filters --recursion-method=none --no-version-check`" + `
   with its defaults (MariaDB only).
 - **Tables.** MariaDB: sysbench-shaped ` + "`sbtest (id INT AUTO_INCREMENT PRIMARY KEY, k INT, c CHAR(120), pad CHAR(60), KEY(k))`" + `,
@@ -576,6 +576,10 @@ minutes).
   PostgreSQL: ` + "`pgbench -i -s N`" + ` ` + "`pgbench_accounts`" + `, ALTER ` + "`ALTER COLUMN abalance TYPE bigint`" + `.
   The MariaDB replica's threads and the PostgreSQL standby are stopped during the
   benchmark, so that replaying each copy does not compete for the two cores.
+  MariaDB runs with a 1 GB buffer pool and a 1 GB redo log (the tests use 256 MB
+  and the server's 96 MB): sized for the 1M-row table and its copy, as a
+  production server would be for its data; see "What each change bought" for
+  what the smaller sizes cost.
 - **Load.** An open-loop generator in the same program: transactions are due
   at a fixed rate and executed in order by a fixed set of connections;
   latency runs from the due time to the commit, so a stall counts for every
