@@ -42,8 +42,8 @@ const helpText = `commands (one per line; names are case-insensitive):
                                        end the operator throttle
   pause-all                            stop both the row copy and the applying of changes
   resume-all                           end pause-all
-  chunk-size=N                         rows per chunk
-  chunk-time=D                         target time per chunk: a duration (500ms, 1s) or 0
+  chunk-size=N                         rows per chunk, kept fixed (sets chunk-time to 0)
+  chunk-time=D                         target time per chunk, the size adapts: a duration (500ms, 1s) or 0
   max-lag-millis=N                     throttle while the replication lag exceeds N ms
   max-load=NAME=N[,NAME=N...]          throttle while a load variable exceeds N (e.g. Threads_running=25); empty: none
   critical-load=NAME=N[,NAME=N...]     abort when a load variable exceeds N; empty: none

@@ -217,6 +217,9 @@ func (h *handler) Set(name, value string) error {
 		if err != nil || n < 1 {
 			return fmt.Errorf("chunk-size must be a positive integer, not %q", value)
 		}
+		// As on the command line, a size the operator gives is kept:
+		// adapting to a chunk time would undo it within a few chunks.
+		h.copier.SetChunkTime(0)
 		h.copier.SetChunkSize(n)
 	case control.SettingChunkTime:
 		d, err := time.ParseDuration(value)

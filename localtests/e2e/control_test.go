@@ -899,6 +899,14 @@ func TestControlSocket(t *testing.T) {
 		if got, err := strconv.Atoi(strings.TrimSpace(r.send("chunk-size=?"))); err != nil || got <= 14 {
 			t.Errorf("chunk-size=? after some chunks with chunk-time=250ms: %d (%v); want it grown from 7", got, err)
 		}
+		// A chunk size the operator gives is kept: it ends the adapting.
+		r.expect("chunk-size=9", "OK\n")
+		r.expect("chunk-time=?", "0s\n")
+		r.expect("resume", "OK\n")
+		r.waitFor("the copy to go on", 10*time.Second, func(s status.Snapshot) bool { return s.RowsCopied > x+50 })
+		r.expect("pause", "OK\n")
+		x = r.settled("rows_copied after pause", 300*time.Millisecond, ctlCopied)
+		r.expect("chunk-size=?", "9\n")
 		r.expect("critical-load=Threads_running=100000", "OK\n")
 		r.expect("critical-load=?", "Threads_running=100000\n")
 
