@@ -110,3 +110,24 @@ func TestSameEqualityStringTypes(t *testing.T) {
 		t.Fatal("VARCHAR -> CHAR accepted as a chunking key: CHAR pads, NO PAD collations then merge keys")
 	}
 }
+
+func TestPlainKeyName(t *testing.T) {
+	for _, c := range []struct {
+		line, name string
+		ok         bool
+	}{
+		{"  KEY `k` (`k`),", "k", true},
+		{"  KEY `s pre``fix` (`s`(10)) COMMENT 'prefix index'", "s pre`fix", true},
+		{"  KEY `n_v` (`n`,`v` DESC),", "n_v", true},
+		{"  UNIQUE KEY `u` (`u`),", "", false},
+		{"  FULLTEXT KEY `f` (`c`),", "", false},
+		{"  PRIMARY KEY (`id`),", "", false},
+		{"  `key` int(11) DEFAULT NULL,", "", false},
+		{"  KEY `unterminated", "", false},
+	} {
+		name, ok := plainKeyName(c.line)
+		if name != c.name || ok != c.ok {
+			t.Errorf("plainKeyName(%q) = %q, %v; want %q, %v", c.line, name, ok, c.name, c.ok)
+		}
+	}
+}

@@ -61,3 +61,33 @@ func TestCancelDuringIndexBuild(t *testing.T) {
 		t.Errorf("tables after the cancelled run = %v, want only t; log: %s", tables, strings.ReplaceAll(e.logs.matching("drop"), "\n", "; "))
 	}
 }
+
+// TestIndexesDuringCopy: with IndexesDuringCopy the shadow keeps its
+// secondary indexes through the copy, and the result is the same table.
+func TestIndexesDuringCopy(t *testing.T) {
+	e := newEnv(t)
+	e.exec("CREATE TABLE t (id INT NOT NULL PRIMARY KEY, k INT NOT NULL, c VARCHAR(20) NOT NULL, KEY k (k), KEY kc (k, c(5)))")
+	e.exec("INSERT INTO t SELECT seq, seq % 97, CONCAT('c', seq) FROM seq_1_to_5000")
+	const alter = "ADD COLUMN x INT NOT NULL DEFAULT 0, ADD KEY x (x)"
+	e.exec("CREATE TABLE ref LIKE t")
+	e.exec("ALTER TABLE ref " + alter)
+	want := strings.Replace(e.showCreate("ref"), "CREATE TABLE `ref`", "CREATE TABLE `t`", 1)
+	sum := harness.Checksum(t, e.db, "t", []string{"id", "k", "c"}, []string{"id"})
+
+	o := e.options(alter)
+	o.IndexesDuringCopy = true
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := migration.Run(ctx, o)
+	assertApplied(t, res, err)
+	if got := e.logs.matching("secondary indexes"); got != "none" {
+		t.Errorf("with IndexesDuringCopy osc still deferred the indexes: %s", got)
+	}
+	if got := e.showCreate("t"); got != want {
+		t.Errorf("t after the run:\n%s\nwant:\n%s", got, want)
+	}
+	if got := harness.Checksum(t, e.db, "t", []string{"id", "k", "c"}, []string{"id"}); got != sum {
+		t.Errorf("t's checksum over the original columns changed from %s to %s", sum, got)
+	}
+	e.assertCleanedUp("ref")
+}
