@@ -1,6 +1,8 @@
 package pgdb
 
 import (
+	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -62,5 +64,37 @@ func TestNotValid(t *testing.T) {
 	}
 	if got := notValid("FOREIGN KEY (a) REFERENCES public.p(id)"); !strings.HasSuffix(got, " NOT VALID") {
 		t.Errorf("notValid: %q", got)
+	}
+}
+
+func TestSweepBuckets(t *testing.T) {
+	if got := sweepShift(1, 3000, 3000, 400); got != 9 {
+		t.Errorf("sweepShift(1, 3000, 3000 rows, 400) = %d, want 9 (buckets of 512 keys)", got)
+	}
+	if got := sweepShift(math.MinInt64, math.MaxInt64, 1e6, 10000); got != 62 {
+		t.Errorf("sweepShift over the whole int8 range = %d, want 62", got)
+	}
+	if got := sweepShift(5, 5, 1, 10000); got != 0 {
+		t.Errorf("sweepShift of one key = %d, want 0", got)
+	}
+	for _, c := range []struct {
+		b          int64
+		shift      uint
+		after, end string
+	}{
+		{0, 9, "-1", "511"},
+		{1, 9, "511", "1023"},
+		{-1, 9, "-513", "-1"},
+		{math.MinInt64 >> 9, 9, "", strconv.FormatInt(math.MinInt64+511, 10)},
+		{math.MaxInt64 >> 9, 9, strconv.FormatInt(math.MaxInt64-512, 10), strconv.FormatInt(math.MaxInt64, 10)},
+	} {
+		ch := bucketChunk(c.b, c.shift)
+		after := ""
+		if ch.After != nil {
+			after = ch.After[0].(string)
+		}
+		if after != c.after || ch.End[0].(string) != c.end {
+			t.Errorf("bucketChunk(%d, %d) = (%s, %s], want (%s, %s]", c.b, c.shift, after, ch.End[0], c.after, c.end)
+		}
 	}
 }

@@ -4,6 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
+	"math/bits"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -142,6 +147,118 @@ func (v *pgView) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
 		return false, err
 	}
 	return sides[0].n != sides[1].n || sides[0].h != sides[1].h, nil
+}
+
+type bucket struct {
+	n int64
+	h string
+}
+
+// Sweep hashes each side in one scan when the key is one integer column,
+// grouped into buckets of consecutive key values (key >> shift): a range
+// query per chunk walks the index, and for chunks of 10,000 pgbench rows
+// cost about 2.5 times what a scan does per row. Both sides bucket by the
+// same function of the key, and bucket b holds exactly the keys from
+// b<<shift to (b<<shift)|mask, so a bucket that differs is repaired as
+// that range. The shift makes about rows/size buckets over the table's key
+// span, whatever the keys' density.
+func (v *pgView) Sweep(ctx context.Context, size int) ([]verify.Chunk, int, bool, error) {
+	st := v.e.sql
+	if len(st.keyCols) != 1 || !integerTypes[st.keyTypes[0]] {
+		return nil, 0, false, nil
+	}
+	var lo, hi *int64
+	var est float64
+	err := v.tx[0].QueryRow(ctx, "SELECT min("+st.keyCols[0]+")::int8, max("+st.keyCols[0]+")::int8, "+
+		"(SELECT reltuples FROM pg_class WHERE oid = $1::regclass) FROM ONLY "+st.src, st.src).Scan(&lo, &hi, &est)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("reading the table's key range: %w", err)
+	}
+	if lo == nil || est < 1 {
+		// An empty or never analyzed table: the chunked comparison needs
+		// no row count.
+		return nil, 0, false, nil
+	}
+	shift := sweepShift(*lo, *hi, est, size)
+	keys := [2]string{st.keyCols[0], st.shadowKey}
+	tables := [2]string{st.src, st.shadow}
+	var sides [2]map[int64]bucket
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i := range sides {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sides[i], errs[i] = v.sweepSide(ctx, i, fmt.Sprintf("SELECT %s::int8 >> %d, count(*), coalesce(sum(hashtextextended(%s::text, 0)), 0)::text FROM ONLY %s GROUP BY 1",
+				keys[i], shift, v.row[i], tables[i]))
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, 0, false, err
+	}
+	all := map[int64]bool{}
+	for _, side := range sides {
+		for b := range side {
+			all[b] = true
+		}
+	}
+	var differ []verify.Chunk
+	for _, b := range slices.Sorted(maps.Keys(all)) {
+		if sides[0][b] != sides[1][b] {
+			differ = append(differ, bucketChunk(b, shift))
+		}
+	}
+	return differ, len(all), true, nil
+}
+
+// sweepShift is the bucket width as a power of two: at least the key span
+// over the wanted number of buckets, at most 2^62.
+func sweepShift(lo, hi int64, rows float64, size int) uint {
+	buckets := uint64(max(1, rows/float64(max(size, 1))))
+	span := uint64(hi) - uint64(lo) + 1 // wraps to 0 for the whole int8 range
+	width := span / buckets
+	if span%buckets != 0 {
+		width++
+	}
+	if span == 0 {
+		width = 1 << 62
+	}
+	return uint(min(bits.Len64(width-1), 62))
+}
+
+// bucketChunk is the key range (After, End] of bucket b.
+func bucketChunk(b int64, shift uint) verify.Chunk {
+	first := b << shift
+	c := verify.Chunk{End: copier.Key{strconv.FormatInt(first|(1<<shift-1), 10)}}
+	if first != math.MinInt64 {
+		c.After = copier.Key{strconv.FormatInt(first-1, 10)}
+	}
+	return c
+}
+
+func (v *pgView) sweepSide(ctx context.Context, side int, query string) (map[int64]bucket, error) {
+	// Without statistics on the bucket expression the planner expects a
+	// group per row and sorts them, spilling to disk (0.9 s for 1M pgbench
+	// rows), where hashing a few hundred groups takes 0.2 s.
+	if _, err := v.tx[side].Exec(ctx, "SET LOCAL enable_sort = off"); err != nil {
+		return nil, err
+	}
+	rows, err := v.tx[side].Query(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("checksumming %s: %w", [2]string{"the table", "the shadow table"}[side], err)
+	}
+	defer rows.Close()
+	out := map[int64]bucket{}
+	for rows.Next() {
+		var b int64
+		var x bucket
+		if err := rows.Scan(&b, &x.n, &x.h); err != nil {
+			return nil, err
+		}
+		out[b] = x
+	}
+	return out, rows.Err()
 }
 
 func (v *pgView) Close() error {

@@ -2,6 +2,7 @@ package pgdb
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -15,11 +16,36 @@ func (e *Engine) openView(ctx context.Context) (verify.View, error) {
 	return e.VerifyView(ctx, 2*time.Second, func(context.Context) error { return nil }, func() {})
 }
 
+// TestVerifyFindsAndRepairsDifferences runs verification on an integer key
+// (an analyzed table: both sides hashed in one scan each, into key buckets)
+// and on a text key (a range query per chunk).
 func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
-	e, db := shadowEngine(t, "CREATE TABLE t (id int PRIMARY KEY, name text, n int, d numeric(10,2))",
+	for _, tc := range []struct {
+		name, keyType string
+		idOf          string // the id of row i, in SQL
+		keyOf         string // a key literal, from an int
+		prepare       string
+		chunks        int
+	}{
+		{name: "integer key, swept", keyType: "int", idOf: "i", keyOf: "%d", prepare: "ANALYZE t", chunks: 6},
+		{name: "text key, chunked", keyType: "text", idOf: "lpad(i::text, 5, '0')", keyOf: "'%05d'", chunks: 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testVerify(t, tc.keyType, tc.idOf, func(n int) string { return fmt.Sprintf(tc.keyOf, n) }, tc.prepare, tc.chunks)
+		})
+	}
+}
+
+func testVerify(t *testing.T, keyType, idOf string, key func(int) string, prepare string, chunks int) {
+	e, db := shadowEngine(t, "CREATE TABLE t (id "+keyType+" PRIMARY KEY, name text, n int, d numeric(10,2))",
 		"ALTER COLUMN n TYPE bigint, ADD COLUMN z int NOT NULL DEFAULT 9")
-	if _, err := db.Exec(`INSERT INTO t SELECT i, 'café' || i, CASE WHEN i % 7 = 0 THEN NULL ELSE i END, i / 3.0 FROM generate_series(1, 3000) i`); err != nil {
+	if _, err := db.Exec(`INSERT INTO t SELECT ` + idOf + `, 'café' || i, CASE WHEN i % 7 = 0 THEN NULL ELSE i END, i / 3.0 FROM generate_series(1, 3000) i`); err != nil {
 		t.Fatal(err)
+	}
+	if prepare != "" {
+		if _, err := db.Exec(prepare); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// A faithful copy, as the copy's SQL would make it.
 	if _, err := db.Exec(`INSERT INTO _t_new (id, name, n, d) SELECT id, name, n, d FROM t`); err != nil {
@@ -28,19 +54,19 @@ func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
 	ctx := context.Background()
 	opts := verify.Options{ChunkSize: 400, Rounds: 3}
 	res, err := verify.Run(ctx, e.openView, e.Repair, opts, zap.NewNop())
-	if err != nil || res.Repaired != 0 || res.Chunks != 8 {
-		t.Fatalf("a faithful copy: err %v, result %+v; want 8 equal chunks", err, res)
+	if err != nil || res.Repaired != 0 || res.Chunks != chunks {
+		t.Fatalf("a faithful copy: err %v, result %+v; want %d equal chunks", err, res, chunks)
 	}
 	// A changed value, a NULL that was not, an empty string that was NULL,
 	// a missing row and an extra row past the last key: what a lost or
 	// misapplied event would leave.
 	for _, stmt := range []string{
-		"UPDATE t SET name = NULL WHERE id = 700",
-		"UPDATE _t_new SET name = '' WHERE id = 700",
-		"UPDATE _t_new SET name = 'cafe5' WHERE id = 5",
-		"UPDATE _t_new SET n = NULL WHERE id = 1200",
-		"DELETE FROM _t_new WHERE id = 2222",
-		"INSERT INTO _t_new (id, name, n, d) VALUES (9999, 'x', 1, 1)",
+		"UPDATE t SET name = NULL WHERE id = " + key(700),
+		"UPDATE _t_new SET name = '' WHERE id = " + key(700),
+		"UPDATE _t_new SET name = 'cafe5' WHERE id = " + key(5),
+		"UPDATE _t_new SET n = NULL WHERE id = " + key(1200),
+		"DELETE FROM _t_new WHERE id = " + key(2222),
+		"INSERT INTO _t_new (id, name, n, d) VALUES (" + key(9999) + ", 'x', 1, 1)",
 	} {
 		if _, err := db.Exec(stmt); err != nil {
 			t.Fatal(err)

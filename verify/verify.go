@@ -28,6 +28,15 @@ type View interface {
 	Close() error
 }
 
+// Sweeper is implemented by views that can compare the whole table with
+// one scan of each side, hashing rows into chunks of consecutive keys,
+// rather than one range query per chunk. ok is false when this table's key
+// does not allow it (the chunks are then compared one by one); differ are
+// the chunks that differ, n how many were compared.
+type Sweeper interface {
+	Sweep(ctx context.Context, size int) (differ []Chunk, n int, ok bool, err error)
+}
+
 // Options bound the work.
 type Options struct {
 	ChunkSize int
@@ -100,6 +109,12 @@ func compare(ctx context.Context, v View, pending []Chunk, all bool, size int) (
 			}
 		}
 		return differ, n, nil
+	}
+	if s, ok := v.(Sweeper); ok {
+		differ, n, ok, err := s.Sweep(ctx, size)
+		if ok || err != nil {
+			return differ, n, err
+		}
 	}
 	var after copier.Key
 	for {

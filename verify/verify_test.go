@@ -79,3 +79,35 @@ func TestPersistentDifferenceFails(t *testing.T) {
 		t.Fatalf("err %v after %d views; want a failure naming the chunk after 3 views", err, tb.opened)
 	}
 }
+
+// sweepView sweeps when it can: each bad key is a chunk of its own.
+type sweepView struct {
+	fakeView
+	can bool
+}
+
+func (v sweepView) Sweep(_ context.Context, _ int) ([]Chunk, int, bool, error) {
+	if !v.can {
+		return nil, 0, false, nil
+	}
+	var differ []Chunk
+	for k := range v.t.bad {
+		differ = append(differ, Chunk{After: copier.Key{k - 1}, End: copier.Key{k}})
+	}
+	return differ, 42, true, nil
+}
+
+func TestSweepReplacesTheChunkWalk(t *testing.T) {
+	for _, can := range []bool{true, false} {
+		tb := &table{n: 95, bad: map[int]bool{7: true, 50: true}}
+		open := func(context.Context) (View, error) { tb.opened++; return sweepView{fakeView{tb}, can}, nil }
+		res, err := Run(context.Background(), open, tb.repair, Options{ChunkSize: 10, Rounds: 3}, zap.NewNop())
+		want := 10 // the chunk walk
+		if can {
+			want = 42
+		}
+		if err != nil || res.Chunks != want || res.Repaired != 2 || len(tb.bad) != 0 || tb.opened != 2 {
+			t.Errorf("sweep possible %v: err %v, result %+v, left bad %v, views %d; want %d chunks compared, 2 repaired, 2 views", can, err, res, tb.bad, tb.opened, want)
+		}
+	}
+}
