@@ -65,8 +65,12 @@ type Engine struct {
 	srcDef string
 
 	deferred []deferredIndex // shadow indexes built by FinishShadow
-	sql      *statements
-	prepared map[string]string // the applier's prepared statements by text
+	// batchUpdates: the shadow has no unique index or exclusion constraint
+	// but the key's, so updates of distinct keys may share one statement
+	// (see writer.updateRun).
+	batchUpdates bool
+	sql          *statements
+	prepared     map[string]string // the applier's prepared statements by text
 
 	reader *pgoutput.Reader
 	// snap is the copy's snapshot: the slot's, held open by a transaction

@@ -85,6 +85,12 @@ func (e *Engine) CreateShadow(ctx context.Context, c *alter.Clauses) (plan *engi
 	if err := e.deferIndexes(ctx, tx, keyIdx); err != nil {
 		return nil, err
 	}
+	e.batchUpdates = true
+	for _, x := range e.shadow.indexes {
+		if x != keyIdx && (x.unique || x.conType == "x") {
+			e.batchUpdates = false
+		}
+	}
 	plan = e.plan(ctx, tx)
 	if !e.cfg.DryRun {
 		// An ALWAYS identity column can only be updated to DEFAULT, but the

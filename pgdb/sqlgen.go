@@ -34,6 +34,7 @@ type statements struct {
 	cached map[string]string
 	// The applier's other statements, built once.
 	insertRow, deleteRow, moveOnto, copyOne string
+	manyUpdate                              string // updateMany's, built on first use
 }
 
 func newStatements(e *Engine) *statements {
@@ -196,6 +197,37 @@ func (s *statements) update(present []bool, withKey bool, nPresent int) string {
 	}
 	s.cached[string(sig)] = st
 	return st
+}
+
+// updateMany applies updates of distinct keys whose images carry every
+// column, in one statement: a text[] parameter per replicated column,
+// unnested into rows, each row computed into the shadow's columns as
+// update computes one (the scalar subquery's FROM shadows the target's
+// column names, as in update).
+func (s *statements) updateMany() string {
+	if s.manyUpdate != "" {
+		return s.manyUpdate
+	}
+	var targets, exprs, params, vcols, casts []string
+	for _, p := range s.pairs {
+		if _, ok := s.replPos[p.src.name]; ok && !s.isKey(p.src.name) {
+			targets = append(targets, q(p.dst.name))
+			exprs = append(exprs, p.expr)
+		}
+	}
+	for i, c := range s.repl {
+		params = append(params, fmt.Sprintf("$%d::text[]", i+1))
+		vcols = append(vcols, fmt.Sprintf("osc_v_%d", i))
+		casts = append(casts, fmt.Sprintf("osc_v.osc_v_%d::%s AS %s", i, c.typ, q(c.name)))
+	}
+	keys := make([]string, len(s.keyNames))
+	for i, k := range s.keyNames {
+		keys[i] = fmt.Sprintf("osc_v.osc_v_%d::%s", s.replPos[k], s.keyTypes[i])
+	}
+	s.manyUpdate = "UPDATE " + s.shadow + " SET (" + strings.Join(targets, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
+		" FROM (SELECT " + strings.Join(casts, ", ") + ") AS " + s.alias + ") FROM unnest(" + strings.Join(params, ", ") +
+		") AS osc_v(" + strings.Join(vcols, ", ") + ") WHERE " + s.shadowKey + " = (" + strings.Join(keys, ", ") + ")"
+	return s.manyUpdate
 }
 
 func (s *statements) isKey(name string) bool {

@@ -1,6 +1,7 @@
 package pgdb
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +12,11 @@ import (
 	"github.com/osc-dev/osc/replication"
 )
 
-const textOID = 25
+// Parameter types: text, text[].
+const (
+	textOID      = 25
+	textArrayOID = 1009
+)
 
 // Writer applies changes on the applier's own connection. The applier
 // starts once the snapshot copy is done, from the slot's consistent point,
@@ -31,10 +36,18 @@ func (w *writer) Apply(ctx context.Context, changes []replication.Change) error 
 	st := w.sql
 	err := retryDeadlock(ctx, func() error {
 		b := &pgconn.Batch{}
-		for i := range changes {
+		for i := 0; i < len(changes); {
+			if n := w.updateRun(st, changes[i:]); n > 1 {
+				if err := w.queue(ctx, b, st.updateMany(), columnArrays(changes[i:i+n]), repeatOID(textArrayOID, len(st.repl))); err != nil {
+					return err
+				}
+				i += n
+				continue
+			}
 			if err := w.add(ctx, b, st, &changes[i]); err != nil {
 				return err
 			}
+			i++
 		}
 		_, err := w.apply.PgConn().ExecBatch(ctx, b).ReadAll()
 		return err
@@ -81,7 +94,7 @@ func (w *writer) add(ctx context.Context, b *pgconn.Batch, st *statements, c *re
 		if err != nil {
 			return err
 		}
-		if err := w.queue(ctx, b, st.deleteRow, key, textOIDs(len(key))); err != nil {
+		if err := w.queue(ctx, b, st.deleteRow, key, repeatOID(textOID, len(key))); err != nil {
 			return err
 		}
 	case replication.Update:
@@ -106,12 +119,12 @@ func (w *writer) add(ctx context.Context, b *pgconn.Batch, st *statements, c *re
 			// A repair may have copied the row at the new key ahead of
 			// this change: it goes when the old row is there to move onto
 			// it. (Replayed in order, the new key is free.)
-			if err := w.queue(ctx, b, st.moveOnto, append(append([][]byte{}, newKey...), oldKey...), textOIDs(2*len(newKey))); err != nil {
+			if err := w.queue(ctx, b, st.moveOnto, append(append([][]byte{}, newKey...), oldKey...), repeatOID(textOID, 2*len(newKey))); err != nil {
 				return err
 			}
 		}
 		if u := st.update(present, moved, len(vals)); u != "" {
-			if err := w.queue(ctx, b, u, append(vals, oldKey...), append(oids, textOIDs(len(oldKey))...)); err != nil {
+			if err := w.queue(ctx, b, u, append(vals, oldKey...), append(oids, repeatOID(textOID, len(oldKey))...)); err != nil {
 				return err
 			}
 		}
@@ -125,7 +138,7 @@ func (w *writer) add(ctx context.Context, b *pgconn.Batch, st *statements, c *re
 					return err
 				}
 			} else {
-				if err := w.queue(ctx, b, st.copyOne, newKey, textOIDs(len(newKey))); err != nil {
+				if err := w.queue(ctx, b, st.copyOne, newKey, repeatOID(textOID, len(newKey))); err != nil {
 					return err
 				}
 			}
@@ -134,6 +147,82 @@ func (w *writer) add(ctx context.Context, b *pgconn.Batch, st *statements, c *re
 		return fmt.Errorf("unknown change %v", c.Op)
 	}
 	return nil
+}
+
+// maxUpdateRun bounds the updates one statement applies.
+const maxUpdateRun = 1000
+
+// updateRun is how many changes from the first are updates one statement
+// can apply (updateMany): the same key before and after, every column in
+// the image, no key twice, so that the rows are independent and the order
+// within the statement does not matter. Only where the shadow has no
+// unique index or exclusion constraint but the key's: PostgreSQL checks
+// those row by row in an order of its own, so values moving between rows
+// could collide where the events applied in order would not.
+func (w *writer) updateRun(st *statements, cs []replication.Change) int {
+	if !w.batchUpdates {
+		return 0
+	}
+	seen := map[string]bool{}
+	n := 0
+	for ; n < len(cs) && n < maxUpdateRun; n++ {
+		c := &cs[n]
+		if c.Op != replication.Update {
+			break
+		}
+		oldKey, err := keyValues(st, c.Before)
+		if err != nil {
+			break
+		}
+		newKey, err := keyValues(st, c.After)
+		if err != nil || !sameKey(oldKey, newKey) || !completeImage(c.After) {
+			break
+		}
+		k := string(bytes.Join(newKey, []byte{0})) // text never holds NUL
+		if seen[k] {
+			break
+		}
+		seen[k] = true
+	}
+	return n
+}
+
+func completeImage(row []any) bool {
+	for _, v := range row {
+		if _, unchanged := v.(replication.Unchanged); unchanged {
+			return false
+		}
+	}
+	return true
+}
+
+// columnArrays renders the changes' after images as one text[] literal per
+// column: every element quoted and escaped, NULL for NULL.
+func columnArrays(cs []replication.Change) [][]byte {
+	out := make([][]byte, len(cs[0].After))
+	for i := range out {
+		buf := []byte{'{'}
+		for j := range cs {
+			if j > 0 {
+				buf = append(buf, ',')
+			}
+			v := cs[j].After[i]
+			if v == nil {
+				buf = append(buf, "NULL"...)
+				continue
+			}
+			buf = append(buf, '"')
+			for _, ch := range textValue(v) {
+				if ch == '"' || ch == '\\' {
+					buf = append(buf, '\\')
+				}
+				buf = append(buf, ch)
+			}
+			buf = append(buf, '"')
+		}
+		out[i] = append(buf, '}')
+	}
+	return out
 }
 
 // rowParams returns the text values and type OIDs of a row's columns that
@@ -185,10 +274,11 @@ func sameKey(a, b [][]byte) bool {
 	return true
 }
 
-func textOIDs(n int) []uint32 {
+// repeatOID is n parameter types, all oid.
+func repeatOID(oid uint32, n int) []uint32 {
 	oids := make([]uint32, n)
 	for i := range oids {
-		oids[i] = textOID
+		oids[i] = oid
 	}
 	return oids
 }

@@ -123,3 +123,65 @@ func TestWriterRejectsWhatBreaksTheNewDefinition(t *testing.T) {
 		t.Errorf("a failed batch left %s rows", got)
 	}
 }
+
+// TestWriterBatchedUpdates: updates of distinct keys with full images go
+// as one statement (updateMany); the result must be what applying them one
+// by one gives, for values an array literal must escape, NULLs, arrays and
+// a USING conversion. A second update of a key, a key change or an
+// incomplete image ends the run; a unique index besides the key turns
+// batching off, and the same changes give the same rows.
+func TestWriterBatchedUpdates(t *testing.T) {
+	for _, unique := range []bool{false, true} {
+		ddl := "CREATE TABLE t (id int PRIMARY KEY, s text, a int[], n numeric(10,2), v varchar(20))"
+		if unique {
+			ddl += "; CREATE UNIQUE INDEX t_v ON t (v)"
+		}
+		e, db := shadowEngine(t, ddl, "ALTER COLUMN n TYPE text USING n::text || '!'")
+		if e.batchUpdates == unique {
+			t.Fatalf("unique index %v: batchUpdates = %v", unique, e.batchUpdates)
+		}
+		if _, err := db.Exec(`INSERT INTO _t_new (id, s, a, n, v) SELECT i, 'x', '{0}', '0', 'v' || i FROM generate_series(1, 6) i`); err != nil {
+			t.Fatal(err)
+		}
+		u := replication.Unchanged{}
+		upd := func(id string, s, a, n, v any) replication.Change {
+			return replication.Change{Op: replication.Update, Before: []any{id, u, u, u, u}, After: []any{id, s, a, n, v}}
+		}
+		changes := []replication.Change{
+			upd("1", `quote " and \ backslash, {brace}`, "{1,2,NULL}", "1.50", "v1"),
+			upd("2", nil, nil, nil, "v2"),
+			upd("3", "NULL", "{}", "-3.00", ""),
+			upd("1", "second update of 1", "{9}", "9.00", "v1"), // key seen: a new run
+			upd("4", "four", "{4}", "4.00", "v4"),
+			{Op: replication.Update, Before: []any{"5", u, u, u, u}, After: []any{"5", u, "{5}", "5.00", "v5"}}, // incomplete
+			upd("6", "six", `{"a\"b"}`, "6.00", "v6"),
+		}
+		// int[] cannot hold "a\"b": the statement fails as a whole, and
+		// nothing of the batch is applied.
+		if err := e.Writer().Apply(context.Background(), changes); err == nil {
+			t.Fatalf("unique index %v: an invalid int[] value applied", unique)
+		}
+		if got := rows(t, db, "SELECT count(*) FROM _t_new WHERE s <> 'x'"); got != "0" {
+			t.Fatalf("unique index %v: a failed batch left %s rows changed", unique, got)
+		}
+		changes[6] = upd("6", "six", `{6}`, "6.00", "v6")
+		if err := e.Writer().Apply(context.Background(), changes); err != nil {
+			t.Fatalf("unique index %v: %v", unique, err)
+		}
+		want := strings.Join([]string{
+			`1 second update of 1 {9} 9.00! v1`,
+			`2 <NULL> <NULL> <NULL> v2`,
+			`3 NULL {} -3.00! `,
+			`4 four {4} 4.00! v4`,
+			`5 x {5} 5.00! v5`,
+			`6 six {6} 6.00! v6`,
+		}, " | ")
+		if _, batched := e.prepared[e.sql.updateMany()]; batched == unique {
+			t.Errorf("unique index %v: updates applied in one statement: %v", unique, batched)
+		}
+		if got := rows(t, db, `SELECT concat_ws(' ', id, coalesce(s, '<NULL>'), coalesce(a::text, '<NULL>'), coalesce(n, '<NULL>'), v)
+			FROM _t_new ORDER BY id`); got != want {
+			t.Errorf("unique index %v: shadow after the updates:\n%s\nwant:\n%s", unique, got, want)
+		}
+	}
+}
