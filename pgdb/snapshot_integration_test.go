@@ -12,7 +12,6 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/osc-dev/osc/alter"
 	"github.com/osc-dev/osc/applier"
 	"github.com/osc-dev/osc/copier"
 	"github.com/osc-dev/osc/localtests/harness"
@@ -33,34 +32,14 @@ type capturing struct {
 // clauses, and starts capture; before runs just before capture starts.
 func startCapture(t *testing.T, ddl, fill, clauses string, before func(db *sql.DB)) *capturing {
 	t.Helper()
-	srv := harness.Postgres(t)
-	dbName, db := srv.NewDatabase(t)
-	for _, q := range []string{ddl, fill} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	ctx := context.Background()
-	e, err := New(ctx, Config{Host: srv.Host, Port: srv.Port, User: srv.User, Password: srv.Password,
-		Database: dbName, Table: "t", MaxSlotWALBytes: 10 << 30, Logger: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	if err := e.Preflight(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c, err := alter.Parse(clauses, alter.Postgres)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.CreateShadow(ctx, c); err != nil {
-		t.Fatal(err)
-	}
+	e, db, dbName := prepareShadow(t, clauses, func(c *Config) {
+		c.MaxSlotWALBytes = 10 << 30
+		c.Logger = zaptest.NewLogger(t)
+	}, ddl, fill)
 	if before != nil {
 		before(db)
 	}
-	stream, err := e.StartCapture(ctx)
+	stream, err := e.StartCapture(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

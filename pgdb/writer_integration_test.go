@@ -20,14 +20,33 @@ func TestMain(m *testing.M) { harness.Main(m) }
 // would before applying changes.
 func shadowEngine(t *testing.T, ddl, clauses string) (*Engine, *sql.DB) {
 	t.Helper()
-	srv := harness.Postgres(t)
-	dbName, db := srv.NewDatabase(t)
-	if _, err := db.Exec(ddl); err != nil {
+	e, db, _ := prepareShadow(t, clauses, nil, ddl)
+	var err error
+	if e.apply, err = e.connect(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	return e, db
+}
+
+// prepareShadow runs setup (creating table t and its rows) in a database
+// of its own, then passes preflight and creates the shadow with the
+// clauses applied; config adjusts the engine's settings.
+func prepareShadow(t *testing.T, clauses string, config func(*Config), setup ...string) (*Engine, *sql.DB, string) {
+	t.Helper()
+	srv := harness.Postgres(t)
+	dbName, db := srv.NewDatabase(t)
+	for _, q := range setup {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
 	ctx := context.Background()
-	e, err := New(ctx, Config{Host: srv.Host, Port: srv.Port, User: srv.User, Password: srv.Password,
-		Database: dbName, Table: "t", Logger: zap.NewNop()})
+	cfg := Config{Host: srv.Host, Port: srv.Port, User: srv.User, Password: srv.Password,
+		Database: dbName, Table: "t", Logger: zap.NewNop()}
+	if config != nil {
+		config(&cfg)
+	}
+	e, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,10 +61,7 @@ func shadowEngine(t *testing.T, ddl, clauses string) (*Engine, *sql.DB) {
 	if _, err := e.CreateShadow(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if e.apply, err = e.connect(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return e, db
+	return e, db, dbName
 }
 
 func rows(t *testing.T, db *sql.DB, query string) string {

@@ -512,6 +512,15 @@ func (r *ctlRun) settled(what string, quiet time.Duration, f func(s status.Snaps
 	return v
 }
 
+// copyMore resumes a paused copy until more than n rows past from are
+// copied, pauses it again and returns rows_copied once it has settled.
+func (r *ctlRun) copyMore(from, n int64) int64 {
+	r.expect("resume", "OK\n")
+	r.waitFor("the copy to go on", 10*time.Second, func(s status.Snapshot) bool { return s.RowsCopied > from+n })
+	r.expect("pause", "OK\n")
+	return r.settled("rows_copied after pause", 300*time.Millisecond, ctlCopied)
+}
+
 func ctlCopied(s status.Snapshot) int64  { return s.RowsCopied }
 func ctlApplied(s status.Snapshot) int64 { return s.EventsApplied }
 
@@ -892,20 +901,14 @@ func TestControlSocket(t *testing.T) {
 		r.expect("chunk-time=?", "250ms\n")
 		// Chunks take milliseconds: aiming at 250ms, the size grows (at
 		// most doubling per chunk) from 7.
-		r.expect("resume", "OK\n")
-		r.waitFor("the copy to go on", 10*time.Second, func(s status.Snapshot) bool { return s.RowsCopied > x+100 })
-		r.expect("pause", "OK\n")
-		x = r.settled("rows_copied after pause", 300*time.Millisecond, ctlCopied)
+		x = r.copyMore(x, 100)
 		if got, err := strconv.Atoi(strings.TrimSpace(r.send("chunk-size=?"))); err != nil || got <= 14 {
 			t.Errorf("chunk-size=? after some chunks with chunk-time=250ms: %d (%v); want it grown from 7", got, err)
 		}
 		// A chunk size the operator gives is kept: it ends the adapting.
 		r.expect("chunk-size=9", "OK\n")
 		r.expect("chunk-time=?", "0s\n")
-		r.expect("resume", "OK\n")
-		r.waitFor("the copy to go on", 10*time.Second, func(s status.Snapshot) bool { return s.RowsCopied > x+50 })
-		r.expect("pause", "OK\n")
-		x = r.settled("rows_copied after pause", 300*time.Millisecond, ctlCopied)
+		x = r.copyMore(x, 50)
 		r.expect("chunk-size=?", "9\n")
 		r.expect("critical-load=Threads_running=100000", "OK\n")
 		r.expect("critical-load=?", "Threads_running=100000\n")
