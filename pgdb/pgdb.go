@@ -64,7 +64,8 @@ type Engine struct {
 	// preflight read them (see definitionSig).
 	srcDef string
 
-	deferred []deferredIndex // shadow indexes built by FinishShadow
+	deferred    []deferredIndex // shadow indexes built by FinishShadow
+	deferredKey *deferredIndex  // the key's, built by EndCopy
 	// batchUpdates: the shadow has no unique index or exclusion constraint
 	// but the key's, so updates of distinct keys may share one statement
 	// (see writer.updateRun).

@@ -49,9 +49,9 @@ func indexName(kind, orig string) string {
 
 // CreateShadow creates the shadow table with the original's columns,
 // defaults, constraints and indexes, applies the clauses to it, and drops
-// again every index but the key's (FinishShadow builds them after the
-// copy). It all happens in one transaction: a dry run rolls it back and
-// leaves nothing behind.
+// again every index (EndCopy builds the key's, FinishShadow the others).
+// It all happens in one transaction: a dry run rolls it back and leaves
+// nothing behind.
 func (e *Engine) CreateShadow(ctx context.Context, c *alter.Clauses) (plan *engine.Plan, err error) {
 	e.clauses = c
 	tx, err := e.pool.Begin(ctx)
@@ -243,15 +243,17 @@ var integerTypes = map[string]bool{"smallint": true, "integer": true, "bigint": 
 
 func sameKeyType(a, b string) bool { return a == b || integerTypes[a] && integerTypes[b] }
 
-// deferIndexes drops the shadow's indexes but the key's, remembering
-// their definitions for FinishShadow. An index something else depends on
-// (a foreign key the ALTER adds) stays.
-func (e *Engine) deferIndexes(ctx context.Context, tx pgx.Tx, keep *index) error {
-	e.deferred = nil
+// deferIndexes drops the shadow's indexes, remembering their definitions:
+// the key's for EndCopy, the others for FinishShadow. Nothing but the copy
+// writes to the shadow until the copy ends (the applier is held), and
+// the copy's chunks are disjoint ranges of the key, so the rows need no
+// index meanwhile; one sorted build afterwards costs far less than
+// inserting each row into the index (1M pgbench rows: 1.1 s plus 0.4 s
+// for the key, against 2.0 s with it). An index something else depends
+// on (a foreign key the ALTER adds) stays.
+func (e *Engine) deferIndexes(ctx context.Context, tx pgx.Tx, key *index) error {
+	e.deferred, e.deferredKey = nil, nil
 	for _, x := range e.shadow.indexes {
-		if x == keep {
-			continue
-		}
 		d := deferredIndex{name: x.name, constraint: x.constraint != "", definition: x.definition}
 		drop := "DROP INDEX " + e.qt(x.name)
 		if d.constraint {
@@ -268,7 +270,24 @@ func (e *Engine) deferIndexes(ctx context.Context, tx pgx.Tx, keep *index) error
 			e.log.Info("building an index before the copy, since other objects depend on it", zap.String("index", x.name), zap.String("reason", pgMessage(err)))
 			continue
 		}
+		if x == key {
+			e.deferredKey = &d
+			continue
+		}
 		e.deferred = append(e.deferred, d)
+	}
+	return nil
+}
+
+// buildIndex builds a deferred index, with the original's comment.
+func (e *Engine) buildIndex(ctx context.Context, d deferredIndex) error {
+	if _, err := e.pool.Exec(ctx, d.sql(e.qt(e.names.shadow))); err != nil {
+		return e.explainIndexFailure(ctx, d, err)
+	}
+	if x := e.origIndex(d.name); x != nil && x.comment != "" {
+		if _, err := e.pool.Exec(ctx, "COMMENT ON INDEX "+e.qt(d.name)+" IS "+lit(x.comment)); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -285,13 +304,8 @@ func (e *Engine) FinishShadow(ctx context.Context) error {
 		return err
 	}
 	for _, d := range e.deferred {
-		if _, err := e.pool.Exec(ctx, d.sql(e.qt(e.names.shadow))); err != nil {
-			return e.explainIndexFailure(ctx, d, err)
-		}
-		if x := e.origIndex(d.name); x != nil && x.comment != "" {
-			if _, err := e.pool.Exec(ctx, "COMMENT ON INDEX "+e.qt(d.name)+" IS "+lit(x.comment)); err != nil {
-				return err
-			}
+		if err := e.buildIndex(ctx, d); err != nil {
+			return err
 		}
 	}
 	return nil

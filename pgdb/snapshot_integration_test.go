@@ -216,6 +216,11 @@ func TestSnapshotCopyIsExact(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 
 	ctx := context.Background()
+	indexes := `SELECT coalesce(string_agg(i.indexrelid::regclass || CASE WHEN i.indisprimary THEN ' primary' ELSE '' END, ', '), 'none')
+		FROM pg_index i WHERE i.indrelid = '` + c.e.qt(c.e.names.shadow) + `'::regclass`
+	if got := c.one(t, indexes); got != "none" {
+		t.Errorf("the shadow has indexes during the copy: %s", got)
+	}
 	cp := copier.New(c.e.Source(), openGate{}, 37, 4)
 	if err := cp.Run(ctx); err != nil {
 		t.Fatal(err)
@@ -232,6 +237,9 @@ func TestSnapshotCopyIsExact(t *testing.T) {
 
 	if err := c.e.EndCopy(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if got, want := c.one(t, indexes), indexName("n", "t_pkey")+" primary"; got != want {
+		t.Errorf("the shadow's indexes after EndCopy: %s, want its key only: %s", got, want)
 	}
 	if h := c.holders(t); len(h) != 0 {
 		t.Errorf("osc sessions still idle in a transaction after EndCopy: %v", h)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -145,7 +146,8 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max c
 // its own on a pool connection; chunks may be copied concurrently. The
 // applier is held until the copy ends, so nothing else writes to the
 // shadow meanwhile and no row of the chunk can be there already: no lock
-// on the table's rows, no conflict handling (a duplicate key is an error).
+// on the table's rows, no conflict handling (the shadow has no index yet,
+// and EndCopy's build of its key would fail on a row copied twice).
 func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error) {
 	if err := (*Engine)(s).streamFailed(); err != nil {
 		return 0, err
@@ -201,10 +203,19 @@ func (e *Engine) Restore(context.Context) (int, error) { return 0, nil }
 // the copy is done (docs/postgresql.md).
 func (e *Engine) SnapshotCopy() bool { return true }
 
-// EndCopy releases the copy's snapshot, which holds back vacuum.
+// EndCopy releases the copy's snapshot, which holds back vacuum, and
+// builds the shadow's key, which the applier needs, before it starts.
 func (e *Engine) EndCopy(ctx context.Context) error {
 	if held, ok := e.snap.release(context.WithoutCancel(ctx)); ok {
 		e.log.Info("copy done; released its snapshot", zap.Duration("held", held))
+	}
+	if d := e.deferredKey; d != nil {
+		start := time.Now()
+		if err := e.buildIndex(ctx, *d); err != nil {
+			return fmt.Errorf("building the shadow table's key: %w", err)
+		}
+		e.deferredKey = nil
+		e.log.Info("built the shadow table's key", zap.String("index", d.name), zap.Duration("took", time.Since(start)))
 	}
 	return nil
 }

@@ -21,8 +21,12 @@ func TestMain(m *testing.M) { harness.Main(m) }
 func shadowEngine(t *testing.T, ddl, clauses string) (*Engine, *sql.DB) {
 	t.Helper()
 	e, db, _ := prepareShadow(t, clauses, nil, ddl)
+	ctx := context.Background()
+	if err := e.EndCopy(ctx); err != nil { // builds the shadow's key
+		t.Fatal(err)
+	}
 	var err error
-	if e.apply, err = e.connect(context.Background()); err != nil {
+	if e.apply, err = e.connect(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return e, db
