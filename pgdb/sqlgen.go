@@ -263,23 +263,58 @@ func (s *statements) copyKey() string {
 		" AND NOT EXISTS (SELECT FROM " + s.shadow + " WHERE " + s.shadowKey + " = " + s.keyParams(1) + ") FOR SHARE" + s.conflict
 }
 
-// verifyExprs render the compared columns on each side: the source's value
-// computed as the copy does and cast to the shadow's type, and the shadow's
-// value; rows are compared by their text.
-func (s *statements) verifyExprs() (src, dst string) {
-	var a, b []string
-	for _, p := range s.pairs {
-		a = append(a, "("+p.expr+")::"+p.dst.typ)
-		b = append(b, q(p.dst.name))
-	}
-	return "ROW(" + strings.Join(a, ", ") + ")", "ROW(" + strings.Join(b, ", ") + ")"
+// valueHash hashes a value of a built-in type whose hash function tells
+// apart what its equality does (text types under the "C" collation), as
+// a format of the value and a seed. Hashing values, rather than the row's
+// text, saves rendering them: for 1M pgbench rows a side takes 0.35 s
+// instead of 1.0 s. Other types (numeric's scale, float's -0, intervals,
+// dates' infinity, domains, arrays...) are compared by their text.
+var valueHash = map[uint32]string{
+	16:   "hashint4extended((%s)::int, %d)",                      // bool
+	18:   "hashcharextended(%s, %d)",                             // "char"
+	20:   "hashint8extended(%s, %d)",                             // bigint
+	21:   "hashint2extended(%s, %d)",                             // smallint
+	23:   "hashint4extended(%s, %d)",                             // integer
+	25:   `hashtextextended((%s) COLLATE "C", %d)`,               // text
+	26:   "hashoidextended(%s, %d)",                              // oid
+	1042: `hashbpcharextended((%s) COLLATE "C", %d)`,             // character
+	1043: `hashtextextended((%s) COLLATE "C", %d)`,               // character varying
+	1083: "time_hash_extended(%s, %d)",                           // time
+	1114: "timestamp_hash_extended(%s, %d)",                      // timestamp
+	1184: "timestamp_hash_extended((%s) AT TIME ZONE 'UTC', %d)", // timestamptz
+	2950: "uuid_hash_extended(%s, %d)",                           // uuid
 }
 
-// hashQuery counts a side's rows in a key range and sums a 64-bit hash of
-// each row's text (hashtextextended: a third of md5's cost).
-func hashQuery(table, row, where string) string {
-	return "SELECT count(*), coalesce(sum(hashtextextended(" + row + "::text, 0)), 0)::text FROM ONLY " +
-		table + " WHERE " + where
+// verifyExprs render each side's 64-bit row hash: of the source's values
+// computed as the copy does and cast to the shadow's types, and of the
+// shadow's values. Each column of a valueHash type is hashed with its
+// position as seed (a NULL hashes to the seed), the other columns together
+// as the text of a ROW, and the hashes are XORed.
+func (s *statements) verifyExprs() (src, dst string) {
+	var a, b, ta, tb []string
+	for i, p := range s.pairs {
+		x, y := p.expr, q(p.dst.name)
+		if p.src.typ != p.dst.typ || x != q(p.src.name) {
+			x = "(" + x + ")::" + p.dst.typ
+		}
+		f, ok := valueHash[p.dst.typeOID]
+		if !ok {
+			ta, tb = append(ta, x), append(tb, y)
+			continue
+		}
+		hash := func(v string) string { return fmt.Sprintf("coalesce("+f+", %d)", v, i+1, i+1) }
+		a, b = append(a, hash(x)), append(b, hash(y))
+	}
+	if len(ta) > 0 {
+		a = append(a, "hashtextextended(ROW("+strings.Join(ta, ", ")+")::text, 0)")
+		b = append(b, "hashtextextended(ROW("+strings.Join(tb, ", ")+")::text, 0)")
+	}
+	return strings.Join(a, " # "), strings.Join(b, " # ")
+}
+
+// hashQuery counts a side's rows in a key range and sums their hashes.
+func hashQuery(table, hash, where string) string {
+	return "SELECT count(*), coalesce(sum(" + hash + "), 0)::text FROM ONLY " + table + " WHERE " + where
 }
 
 // usingExpr returns the expression computing the shadow's value of a

@@ -83,7 +83,7 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 	// so that the two sides of a chunk are hashed at once.
 	st := e.sql
 	src, dst := st.verifyExprs()
-	v := &pgView{e: e, row: [2]string{src, dst}}
+	v := &pgView{e: e, hash: [2]string{src, dst}}
 	for i := range v.tx {
 		tx, err := e.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 		if err == nil {
@@ -103,9 +103,9 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 }
 
 type pgView struct {
-	e   *Engine
-	tx  [2]pgx.Tx // the source's side, the shadow's side
-	row [2]string // each side's compared row expression
+	e    *Engine
+	tx   [2]pgx.Tx // the source's side, the shadow's side
+	hash [2]string // each side's row hash expression
 }
 
 func (v *pgView) Boundary(ctx context.Context, after copier.Key, size int) (copier.Key, bool, error) {
@@ -128,8 +128,8 @@ func (v *pgView) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
 		h           string
 		err         error
 	}{
-		{what: "the table", query: hashQuery(st.src, v.row[0], st.rangeWhere(st.keyList(), c.After != nil, c.End != nil))},
-		{what: "the shadow table", query: hashQuery(st.shadow, v.row[1], st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil))},
+		{what: "the table", query: hashQuery(st.src, v.hash[0], st.rangeWhere(st.keyList(), c.After != nil, c.End != nil))},
+		{what: "the shadow table", query: hashQuery(st.shadow, v.hash[1], st.rangeWhere(st.shadowKey, c.After != nil, c.End != nil))},
 	}
 	var wg sync.WaitGroup
 	for i := range sides {
@@ -189,8 +189,8 @@ func (v *pgView) Sweep(ctx context.Context, size int) ([]verify.Chunk, int, bool
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sides[i], errs[i] = v.sweepSide(ctx, i, fmt.Sprintf("SELECT %s::int8 >> %d, count(*), coalesce(sum(hashtextextended(%s::text, 0)), 0)::text FROM ONLY %s GROUP BY 1",
-				keys[i], shift, v.row[i], tables[i]))
+			sides[i], errs[i] = v.sweepSide(ctx, i, fmt.Sprintf("SELECT %s::int8 >> %d, count(*), coalesce(sum(%s), 0)::text FROM ONLY %s GROUP BY 1",
+				keys[i], shift, v.hash[i], tables[i]))
 		}()
 	}
 	wg.Wait()
