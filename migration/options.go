@@ -7,6 +7,7 @@ package migration
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"go.uber.org/zap"
@@ -55,8 +56,12 @@ type Options struct {
 	IndexesDuringCopy bool
 	// MaxSlotWALBytes (PostgreSQL) aborts the run when the replication
 	// slot retains more WAL than this; default 10 GiB.
-	MaxSlotWALBytes  int64
-	ThrottleFlagFile string // copy pauses while this file exists
+	MaxSlotWALBytes int64
+	// MaintenanceWorkMem (PostgreSQL) is the least maintenance_work_mem the
+	// shadow's index builds run with, as the server writes sizes ("256MB",
+	// "1GB"); "0" keeps the server's setting. Default 256MB.
+	MaintenanceWorkMem string
+	ThrottleFlagFile   string // copy pauses while this file exists
 
 	// ChunkTime is the time a copy chunk should take: the chunk size adapts
 	// to it after every chunk, starting at ChunkSize. 0 keeps a given
@@ -101,6 +106,9 @@ func (o *Options) defaults() {
 	if o.Driver == "postgres" && o.Schema == "" {
 		o.Schema = "public"
 	}
+	if o.MaintenanceWorkMem == "" {
+		o.MaintenanceWorkMem = "256MB"
+	}
 	if o.MaxSlotWALBytes == 0 {
 		o.MaxSlotWALBytes = 10 << 30
 	}
@@ -129,6 +137,19 @@ func (o *Options) defaults() {
 		o.Logger = zap.NewNop()
 	}
 }
+
+// pgMaintenanceWorkMem is MaintenanceWorkMem for pgdb.Config: "" keeps
+// the server's setting.
+func (o *Options) pgMaintenanceWorkMem() string {
+	if o.MaintenanceWorkMem == "0" {
+		return ""
+	}
+	return o.MaintenanceWorkMem
+}
+
+// memorySize is a size both pg_size_bytes and the server's settings read
+// alike (a bare number would be kilobytes to one, bytes to the other).
+var memorySize = regexp.MustCompile(`^[1-9][0-9]{0,9}(kB|MB|GB|TB)$`)
 
 // DefaultChunkTime is the chunk time target when no chunk size is given.
 // A chunk of 1000 rows costs its statements and commit much as a chunk of
@@ -166,6 +187,9 @@ func (o *Options) validate() error {
 	}
 	if o.ChunkTime < 0 || o.HeartbeatInterval < 10*time.Millisecond || o.MaxLag < 0 || o.CriticalLoadInterval < 0 {
 		return &engine.Usage{Reason: "chunk time, max lag and the critical load interval must not be negative, the heartbeat interval at least 10ms"}
+	}
+	if o.MaintenanceWorkMem != "0" && !memorySize.MatchString(o.MaintenanceWorkMem) {
+		return &engine.Usage{Reason: fmt.Sprintf("--maintenance-work-mem %q: want a size such as 256MB or 1GB (units kB, MB, GB, TB), or 0", o.MaintenanceWorkMem)}
 	}
 	var err error
 	if o.maxLoad, err = throttle.ParseLimits(o.MaxLoad); err != nil {

@@ -39,6 +39,7 @@ func TestRunRejectsBadInputBeforeConnecting(t *testing.T) {
 		"unknown driver": {func(o *Options) { o.Driver = "oracle" }, "driver"},
 		"two statements": {func(o *Options) { o.Alter = "ADD COLUMN x INT; DROP TABLE t" }, "statement"},
 		"table rename":   {func(o *Options) { o.Alter = "RENAME TO u" }, "RENAME"},
+		"memory unit":    {func(o *Options) { o.MaintenanceWorkMem = "256" }, "--maintenance-work-mem"},
 	} {
 		o := base
 		tc.mod(&o)

@@ -133,7 +133,8 @@ func newEngine(ctx context.Context, o *Options, log *zap.Logger) (engine.Engine,
 			Database: o.Database, Schema: o.Schema, Table: o.Table,
 			InitiallyDropShadow: o.InitiallyDropShadow, InitiallyDropOld: o.InitiallyDropOld,
 			DryRun: !o.Execute, MaxSlotWALBytes: o.MaxSlotWALBytes,
-			Logger: log,
+			MaintenanceWorkMem: o.pgMaintenanceWorkMem(),
+			Logger:             log,
 		})
 	}
 	return mysqldb.New(ctx, mysqldb.Config{

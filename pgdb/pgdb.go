@@ -41,7 +41,10 @@ type Config struct {
 	// MaxSlotWALBytes aborts the run when the slot retains more WAL than
 	// this (the applier cannot keep up, or is stuck).
 	MaxSlotWALBytes int64
-	Logger          *zap.Logger
+	// MaintenanceWorkMem (e.g. "256MB"), if set, is the least
+	// maintenance_work_mem the shadow's index builds run with.
+	MaintenanceWorkMem string
+	Logger             *zap.Logger
 }
 
 // Engine implements engine.Engine for PostgreSQL.

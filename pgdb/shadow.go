@@ -281,15 +281,37 @@ func (e *Engine) deferIndexes(ctx context.Context, tx pgx.Tx, key *index) error 
 
 // buildIndex builds a deferred index, with the original's comment.
 func (e *Engine) buildIndex(ctx context.Context, d deferredIndex) error {
-	if _, err := e.pool.Exec(ctx, d.sql(e.qt(e.names.shadow))); err != nil {
+	tx, err := e.indexBuildTx(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, d.sql(e.qt(e.names.shadow))); err != nil {
 		return e.explainIndexFailure(ctx, d, err)
 	}
 	if x := e.origIndex(d.name); x != nil && x.comment != "" {
-		if _, err := e.pool.Exec(ctx, "COMMENT ON INDEX "+e.qt(d.name)+" IS "+lit(x.comment)); err != nil {
+		if _, err := tx.Exec(ctx, "COMMENT ON INDEX "+e.qt(d.name)+" IS "+lit(x.comment)); err != nil {
 			return err
 		}
 	}
-	return nil
+	return tx.Commit(ctx)
+}
+
+// indexBuildTx begins a transaction whose maintenance_work_mem is at least
+// the configured one: an index build that cannot sort in memory sorts on
+// disk (the key of 5M pgbench rows: 2.3 s with the default 64MB, 1.6 s
+// with 256MB). A higher server setting is kept.
+func (e *Engine) indexBuildTx(ctx context.Context) (pgx.Tx, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil || e.cfg.MaintenanceWorkMem == "" {
+		return tx, err
+	}
+	if _, err := tx.Exec(ctx, `SELECT set_config('maintenance_work_mem', $1, true)
+		WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes($1)`, e.cfg.MaintenanceWorkMem); err != nil {
+		tx.Rollback(ctx)
+		return nil, fmt.Errorf("setting maintenance_work_mem to %s for the index builds: %w", e.cfg.MaintenanceWorkMem, err)
+	}
+	return tx, nil
 }
 
 // FinishShadow builds the deferred indexes. The applier waits meanwhile

@@ -53,6 +53,7 @@ func run(args []string) int {
 	fs.BoolVar(&o.InitiallyDropShadow, "initially-drop-shadow-table", false, "drop shadow and changelog tables left by an earlier run")
 	fs.BoolVar(&o.InitiallyDropOld, "initially-drop-old-table", false, "drop an old table (_<table>_old) kept by an earlier run")
 	fs.Int64Var(&o.MaxSlotWALBytes, "max-slot-wal-bytes", 0, "PostgreSQL: abort when the replication slot retains more WAL than this (default 10 GiB)")
+	fs.StringVar(&o.MaintenanceWorkMem, "maintenance-work-mem", "256MB", "PostgreSQL: the least maintenance_work_mem the new table's index builds run with (a higher server setting is kept; 0 keeps the server's)")
 	fs.StringVar(&o.ThrottleFlagFile, "throttle-flag-file", "", "pause the copy while this file exists")
 	fs.DurationVar(&o.ChunkTime, "chunk-time", 0, "target time per copy chunk, e.g. 500ms: the chunk size adapts after every chunk, starting at --chunk-size (default 100ms without --chunk-size, else a fixed size)")
 	heartbeat := fs.Int("heartbeat-interval-millis", 100, "how often osc writes a heartbeat through the change stream, for lag")
