@@ -20,11 +20,11 @@ import (
 // in place, unchanged. Foreign keys are added NOT VALID and validated, and
 // the table analyzed, after the commit.
 func (e *Engine) Swap(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error) error {
-	deadline := time.Now().Add(lockTimeout)
 	tx, err := e.lockTx(ctx, lockTimeout)
 	if err != nil {
 		return err
 	}
+	deadline := time.Now().Add(lockTimeout)
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	if _, err := tx.Exec(ctx, "LOCK TABLE ONLY "+e.qt(e.src.name)+" IN ACCESS EXCLUSIVE MODE"); err != nil {
 		return e.lockErr("locking the table for the cut-over", err)

@@ -19,25 +19,34 @@ import (
 	"github.com/osc-dev/osc/verify"
 )
 
-// lockTx begins a transaction whose lock waits end after timeout, and
-// which holds SHARE UPDATE EXCLUSIVE on the table and the shadow. That
-// lock waits for an autovacuum or ANALYZE of either (until the deadlock
-// check cancels it, a deadlock_timeout later) and keeps new ones away,
-// without blocking the application's writes. Otherwise the stronger lock
-// the caller takes next would wait for it, and every write would queue
-// behind that request meanwhile.
+// lockTx begins a transaction which holds SHARE UPDATE EXCLUSIVE on the
+// table and the shadow, and whose later lock waits end after timeout.
+// That lock waits for an autovacuum or ANALYZE of either and keeps new ones
+// away, without blocking the application's reads and writes. Otherwise the
+// stronger lock the caller takes next would wait for it, and every write
+// would queue behind that request meanwhile. An autovacuum in the way is
+// cancelled by the deadlock check, a deadlock_timeout after the wait
+// begins, so this wait lasts up to twice deadlock_timeout even when the
+// timeout is shorter: with both at 1s, the wait timed out as the
+// autovacuum of a freshly copied shadow was being cancelled, and the
+// attempt was lost.
 func (e *Engine) lockTx(ctx context.Context, timeout time.Duration) (pgx.Tx, error) {
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", timeout.Milliseconds())); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', greatest($1, 2 * setting::bigint)::text, true)
+		FROM pg_settings WHERE name = 'deadlock_timeout'`, timeout.Milliseconds()); err != nil {
 		tx.Rollback(ctx)
 		return nil, err
 	}
 	if _, err := tx.Exec(ctx, "LOCK TABLE ONLY "+e.qt(e.names.shadow)+", ONLY "+e.qt(e.src.name)+" IN SHARE UPDATE EXCLUSIVE MODE"); err != nil {
 		tx.Rollback(ctx)
 		return nil, e.lockErr("waiting for maintenance (autovacuum, ANALYZE) on the table or the shadow", err)
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", timeout.Milliseconds())); err != nil {
+		tx.Rollback(ctx)
+		return nil, err
 	}
 	return tx, nil
 }
@@ -64,11 +73,11 @@ func (e *Engine) lockErr(what string, err error) error {
 // go on. The lock is held for the drain only, within lockTimeout.
 func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drain func(context.Context) error, release func()) (verify.View, error) {
 	defer release()
-	deadline := time.Now().Add(lockTimeout)
 	lock, err := e.lockTx(ctx, lockTimeout)
 	if err != nil {
 		return nil, err
 	}
+	deadline := time.Now().Add(lockTimeout)
 	defer lock.Rollback(context.WithoutCancel(ctx))
 	if _, err := lock.Exec(ctx, "LOCK TABLE ONLY "+e.qt(e.src.name)+" IN SHARE MODE"); err != nil {
 		return nil, e.lockErr("locking the table for a consistent view", err)

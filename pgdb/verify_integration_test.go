@@ -125,3 +125,50 @@ func TestVerifySeesEveryColumnType(t *testing.T) {
 		}
 	}
 }
+
+// TestLockTxWaitsOutMaintenance: the maintenance lock waits up to twice
+// deadlock_timeout (1s here), which is when the deadlock check has
+// cancelled an autovacuum in the way, even with a shorter lock timeout;
+// the caller's later lock waits get the lock timeout.
+func TestLockTxWaitsOutMaintenance(t *testing.T) {
+	e, db := shadowEngine(t, "CREATE TABLE t (id int PRIMARY KEY)", "ADD COLUMN z int")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		hold time.Duration
+		ok   bool
+	}{{1400 * time.Millisecond, true}, {3 * time.Second, false}} {
+		holder, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// An ANALYZE holds this lock as an autovacuum would.
+		if _, err := holder.Exec("LOCK TABLE _t_new IN SHARE UPDATE EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(tc.hold, func() { holder.Commit() })
+		start := time.Now()
+		tx, err := e.lockTx(ctx, time.Second)
+		took := time.Since(start)
+		if !tc.ok {
+			if err == nil || !isLockTimeout(err) || took > 2500*time.Millisecond {
+				t.Errorf("maintenance holding the lock for %v: lockTx returned %v after %v, want a lock timeout after about 2s", tc.hold, err, took)
+			}
+			if tx != nil {
+				tx.Rollback(ctx)
+			}
+			time.Sleep(tc.hold - took)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("maintenance holding the lock for %v: lockTx failed after %v: %v", tc.hold, took, err)
+		}
+		var timeout string
+		if err := tx.QueryRow(ctx, "SHOW lock_timeout").Scan(&timeout); err != nil {
+			t.Fatal(err)
+		}
+		tx.Rollback(ctx)
+		if took < tc.hold-100*time.Millisecond || timeout != "1s" {
+			t.Errorf("lockTx took %v (the lock was held %v) and left lock_timeout %s, want it granted on release and 1s after", took, tc.hold, timeout)
+		}
+	}
+}
