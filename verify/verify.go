@@ -29,10 +29,10 @@ type View interface {
 }
 
 // Sweeper is implemented by views that can compare the whole table with
-// one scan of each side, hashing rows into chunks of consecutive keys,
-// rather than one range query per chunk. ok is false when this table's key
-// does not allow it (the chunks are then compared one by one); differ are
-// the chunks that differ, n how many were compared.
+// a scan or two of each side rather than one range query per chunk. ok is
+// false when they cannot tell the chunks that differ (the chunks are then
+// compared one by one); differ are the chunks that differ, n how many
+// were compared.
 type Sweeper interface {
 	Sweep(ctx context.Context, size int) (differ []Chunk, n int, ok bool, err error)
 }
