@@ -53,3 +53,17 @@ func TestRunRejectsBadInputBeforeConnecting(t *testing.T) {
 		}
 	}
 }
+
+func TestCopyWorkersDefault(t *testing.T) {
+	for driver, want := range map[string]int{"mysql": 2, "postgres": 1} {
+		o := Options{Driver: driver}
+		o.defaults()
+		if o.CopyWorkers != want {
+			t.Errorf("%s: %d copy workers by default, want %d", driver, o.CopyWorkers, want)
+		}
+		o = Options{Driver: driver, CopyWorkers: 3}
+		if o.defaults(); o.CopyWorkers != 3 {
+			t.Errorf("%s: --copy-workers 3 became %d", driver, o.CopyWorkers)
+		}
+	}
+}

@@ -44,7 +44,7 @@ func run(args []string) int {
 	fs.StringVar(&o.Alter, "alter", "", `ALTER clauses without "ALTER TABLE t", e.g. "ADD COLUMN x INT NOT NULL DEFAULT 0"`)
 	fs.BoolVar(&o.Execute, "execute", false, "apply the change; without it osc only checks and prints the plan")
 	fs.IntVar(&o.ChunkSize, "chunk-size", 0, "rows per copy chunk, kept fixed unless --chunk-time is given (default: start at 1000 and adapt to --chunk-time 100ms)")
-	fs.IntVar(&o.CopyWorkers, "copy-workers", 2, "chunks copied at once, each on its own connection (1-4)")
+	fs.IntVar(&o.CopyWorkers, "copy-workers", 0, "chunks copied at once, each on its own connection (1-4; default 2 on MySQL, 1 on PostgreSQL, whose walsender decodes the copy's rows meanwhile)")
 	fs.IntVar(&lockTimeout, "cut-over-lock-timeout-seconds", 3, "longest lock wait of one cut-over attempt")
 	fs.IntVar(&o.CutOverAttempts, "cut-over-attempts", 10, "cut-over attempts before giving up")
 	verifyFlag := fs.Bool("verify", true, "compare the new table with the original, chunk by chunk at one consistent point, before cut-over")
