@@ -164,20 +164,35 @@ func (e *Engine) Close() error {
 	return e.meta.Close()
 }
 
-// execKillable runs a long statement on a connection of its own and, if ctx
-// ends first, kills it on the server: the driver only closes the socket,
-// which a running ALTER does not notice, so Cleanup's DROP would wait for
-// it to finish.
+// execKillable runs a long statement on a connection of its own, killed on
+// the server if ctx ends first (see killOnCancel): a running ALTER would
+// otherwise hold its locks, and Cleanup's DROP would wait for it to finish.
 func (e *Engine) execKillable(ctx context.Context, stmt string) error {
 	c, err := e.meta.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	var id int64
-	if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+	id, err := connID(ctx, c)
+	if err != nil {
 		return err
 	}
+	return e.killOnCancel(ctx, id, func(ctx context.Context) error {
+		_, err := c.ExecContext(ctx, stmt)
+		return err
+	})
+}
+
+func connID(ctx context.Context, c *sql.Conn) (id int64, err error) {
+	err = c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id)
+	return id, err
+}
+
+// killOnCancel runs f, a statement on the connection with server id id,
+// and if ctx ends first kills the statement on the server: the driver only
+// closes the socket, which a running statement does not notice until it
+// has finished.
+func (e *Engine) killOnCancel(ctx context.Context, id int64, f func(context.Context) error) error {
 	finished := make(chan struct{})
 	killed := make(chan struct{})
 	go func() {
@@ -190,7 +205,7 @@ func (e *Engine) execKillable(ctx context.Context, stmt string) error {
 		case <-finished:
 		}
 	}()
-	_, err = c.ExecContext(context.WithoutCancel(ctx), stmt)
+	err := f(context.WithoutCancel(ctx))
 	close(finished)
 	<-killed
 	if ctx.Err() != nil {

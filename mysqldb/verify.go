@@ -64,6 +64,7 @@ func hashQuery(table string, exprs []string, nullable []bool, crc32c bool) strin
 type view struct {
 	s     *source
 	conns [2]*sql.Conn // the source's side, the shadow's side
+	ids   [2]int64     // their server ids, to kill a cancelled checksum
 	hash  [2]string
 }
 
@@ -105,6 +106,9 @@ func (e *Engine) VerifyView(ctx context.Context, lockTimeout time.Duration, drai
 			return nil, err
 		}
 		v.conns[i] = c
+		if v.ids[i], err = connID(ctx, c); err != nil {
+			return nil, err
+		}
 		for _, stmt := range []string{"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION WITH CONSISTENT SNAPSHOT"} {
 			if _, err := c.ExecContext(ctx, stmt); err != nil {
 				return nil, fmt.Errorf("opening a consistent snapshot: %w", err)
@@ -139,7 +143,11 @@ func (v *view) Differs(ctx context.Context, c verify.Chunk) (bool, error) {
 		go func() {
 			defer wg.Done()
 			where, args := key.where(c.After, c.End)
-			if err := v.conns[i].QueryRowContext(ctx, v.hash[i]+" WHERE "+where, args...).Scan(&n[i], &h[i]); err != nil {
+			// A whole-table checksum runs as long as a scan of the table,
+			// holding back purge meanwhile: kill it if the run ends.
+			if err := v.s.e.killOnCancel(ctx, v.ids[i], func(ctx context.Context) error {
+				return v.conns[i].QueryRowContext(ctx, v.hash[i]+" WHERE "+where, args...).Scan(&n[i], &h[i])
+			}); err != nil {
 				errs[i] = fmt.Errorf("checksumming %s: %w", c, err)
 			}
 		}()

@@ -33,8 +33,8 @@ func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
 	}
 	opts := verify.Options{ChunkSize: 400, Rounds: 3}
 	res, err := verify.Run(ctx, e.openView, e.Repair, opts, zap.NewNop())
-	if err != nil || res.Repaired != 0 || res.Chunks != 8 {
-		t.Fatalf("a faithful copy: err %v, result %+v; want 8 equal chunks", err, res)
+	if err != nil || res.Repaired != 0 || res.Chunks != 1 {
+		t.Fatalf("a faithful copy: err %v, result %+v; want the whole table compared at once, equal", err, res)
 	}
 	// A changed value, a NULL that was not, an empty string that was NULL,
 	// a missing row and an extra row past the last key: what a lost or
@@ -51,9 +51,9 @@ func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := verify.Run(ctx, e.openView, func(context.Context, verify.Chunk) error { return nil }, opts, zap.NewNop()); err == nil ||
-		!strings.Contains(err.Error(), "5 chunk(s)") {
-		t.Fatalf("unrepaired differences: got %v, want a failure counting 5 chunks", err)
+	if res, err := verify.Run(ctx, e.openView, func(context.Context, verify.Chunk) error { return nil }, opts, zap.NewNop()); err == nil ||
+		!strings.Contains(err.Error(), "5 chunk(s)") || res.Chunks != 8 {
+		t.Fatalf("unrepaired differences: got %v after comparing %d chunks, want a failure counting 5 chunks of 8", err, res.Chunks)
 	}
 	res, err = verify.Run(ctx, e.openView, e.Repair, opts, zap.NewNop())
 	if err != nil || res.Repaired != 5 {
@@ -64,5 +64,35 @@ func TestVerifyFindsAndRepairsDifferences(t *testing.T) {
 	extra := harness.Strings(t, db, "SELECT COUNT(*) FROM _t_new s LEFT JOIN t ON t.id = s.id WHERE t.id IS NULL")
 	if diff[0] != "0" || extra[0] != "0" {
 		t.Fatalf("after repair %s rows differ and %s extra rows remain", diff[0], extra[0])
+	}
+}
+
+// TestKillOnCancel: a statement cancelled by its context is killed on the
+// server (a verification checksum or an index build would otherwise run
+// on to its end, holding its snapshot or its locks).
+func TestKillOnCancel(t *testing.T) {
+	e, db := shadowEngine(t, "CREATE TABLE t (id INT NOT NULL PRIMARY KEY)", "ADD COLUMN z INT NULL")
+	ctx := context.Background()
+	c, err := e.data.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	id, err := connID(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = e.killOnCancel(cctx, id, func(ctx context.Context) error {
+		_, err := c.ExecContext(ctx, "DO SLEEP(10)")
+		return err
+	})
+	if took := time.Since(start); err == nil || took > 3*time.Second {
+		t.Fatalf("cancelled after 300ms: returned %v after %v, want the context's error within a few seconds", err, took)
+	}
+	if got := harness.Strings(t, db, "SELECT COMMAND FROM information_schema.PROCESSLIST WHERE ID = ?", id); len(got) != 1 || got[0] != "Sleep" {
+		t.Errorf("the cancelled statement's connection is %v, want idle (Sleep)", got)
 	}
 }

@@ -163,30 +163,23 @@ type bucket struct {
 	h string
 }
 
-// Sweep first compares the whole table, one aggregate per side: most
-// runs find nothing to repair, and grouping the rows costs as much again
-// (a side of 1M pgbench rows: 0.2-0.3 s whole, 0.5 s in buckets). Only
-// when the whole differs does it look for the chunks that differ: when
-// the key is one integer column, it hashes each side in one scan, grouped
-// into buckets of consecutive key values (key >> shift); a range query per
-// chunk walks the index, and for chunks of 10,000 pgbench rows cost about
-// 2.5 times what a scan does per row. Both sides bucket by the same
+// Sweep finds the chunks that differ when the key is one integer column:
+// it hashes each side in one scan, grouped into buckets of consecutive key
+// values (key >> shift); a range query per chunk walks the index, and for
+// chunks of 10,000 pgbench rows cost about 2.5 times what a scan does per
+// row. Both sides bucket by the same
 // function of the key, and bucket b holds exactly the keys from b<<shift
 // to (b<<shift)|mask, so a bucket that differs is repaired as that range.
 // The shift makes about rows/size buckets over the table's key span,
 // whatever the keys' density.
 func (v *pgView) Sweep(ctx context.Context, size int) ([]verify.Chunk, int, bool, error) {
-	differs, err := v.Differs(ctx, verify.Chunk{})
-	if err != nil || !differs {
-		return nil, 1, err == nil, err
-	}
 	st := v.e.sql
 	if len(st.keyCols) != 1 || !integerTypes[st.keyTypes[0]] {
 		return nil, 0, false, nil
 	}
 	var lo, hi *int64
 	var est float64
-	err = v.tx[0].QueryRow(ctx, "SELECT min("+st.keyCols[0]+")::int8, max("+st.keyCols[0]+")::int8, "+
+	err := v.tx[0].QueryRow(ctx, "SELECT min("+st.keyCols[0]+")::int8, max("+st.keyCols[0]+")::int8, "+
 		"(SELECT reltuples FROM pg_class WHERE oid = $1::regclass) FROM ONLY "+st.src, st.src).Scan(&lo, &hi, &est)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("reading the table's key range: %w", err)

@@ -110,6 +110,14 @@ func compare(ctx context.Context, v View, pending []Chunk, all bool, size int) (
 		}
 		return differ, n, nil
 	}
+	// The whole table first, as one chunk: most runs find nothing to
+	// repair, and one aggregate per side costs far less than finding the
+	// chunks (1M rows, a side: PostgreSQL 0.2-0.3 s against 0.5 s grouped
+	// into buckets; MariaDB verification 1.1 s against 1.7 s chunk by
+	// chunk, whose ends cost another walk of the key).
+	if d, err := v.Differs(ctx, Chunk{}); err != nil || !d {
+		return nil, 1, err
+	}
 	if s, ok := v.(Sweeper); ok {
 		differ, n, ok, err := s.Sweep(ctx, size)
 		if ok || err != nil {
