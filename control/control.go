@@ -239,24 +239,23 @@ func bindPrivate(path string) (*net.UnixListener, fs.FileInfo, error) {
 // Path is where the server listens.
 func (s *Server) Path() string { return s.path }
 
-// Close stops accepting, closes the client connections, waits for the
-// commands in progress to return, and removes the socket file (unless it is
-// no longer the one Listen created). It may be called more than once.
+// Close stops accepting, lets the commands in progress finish and answer
+// (an abort's answer is written while the run it ended shuts down), ends
+// the client connections, and removes the socket file (unless it is no
+// longer the one Listen created). It may be called more than once.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
-		conns := make([]net.Conn, 0, len(s.conns))
+		// Idle readers wake now; an answer being written gets a second.
 		for c := range s.conns {
-			conns = append(conns, c)
+			c.SetReadDeadline(time.Now())
+			c.SetWriteDeadline(time.Now().Add(time.Second))
 		}
 		s.mu.Unlock()
 		err := s.ln.Close()
 		if errors.Is(err, net.ErrClosed) {
 			err = nil
-		}
-		for _, c := range conns {
-			c.Close()
 		}
 		s.wg.Wait()
 		if fi, e := os.Lstat(s.path); e == nil && os.SameFile(fi, s.id) {
@@ -334,8 +333,15 @@ func (s *Server) serve(c net.Conn) {
 	r := bufio.NewReaderSize(c, s.cfg.maxLine)
 	interactive := false
 	for {
-		if s.cfg.idle > 0 {
+		// Under the lock, so that Close's deadline is never overwritten.
+		s.mu.Lock()
+		closed := s.closed
+		if !closed && s.cfg.idle > 0 {
 			c.SetReadDeadline(time.Now().Add(s.cfg.idle))
+		}
+		s.mu.Unlock()
+		if closed {
+			return
 		}
 		line, err := r.ReadSlice('\n')
 		switch {
@@ -362,7 +368,10 @@ func (s *Server) serve(c net.Conn) {
 			}
 		}
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if errors.Is(err, os.ErrDeadlineExceeded) && !closed {
 				s.reply(c, errorLine(fmt.Sprintf("idle for %s; closing the connection", s.cfg.idle)))
 			}
 			return

@@ -856,3 +856,41 @@ func TestDefaultPath(t *testing.T) {
 		t.Errorf("long TMPDIR: %q", p)
 	}
 }
+
+// TestCloseLetsACommandAnswer: an abort makes the run close the server
+// while the abort is still being answered; the client must get the
+// answer, and an idle interactive client a clean end of stream.
+func TestCloseLetsACommandAnswer(t *testing.T) {
+	f := newFake()
+	block := make(chan struct{})
+	f.block = block
+	s, p := start(t, f)
+	_, idleR := dialInteractive(t, p)
+	c, r := dial(t, p)
+	io.WriteString(c, "abort\n")
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.takeCalls()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the abort did not reach the handler")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	time.Sleep(100 * time.Millisecond) // Close is under way
+	close(block)
+	if got, err := r.ReadString('\n'); err != nil || got != "OK\n" {
+		t.Fatalf("the abort's answer while the server closed: %q, %v", got, err)
+	}
+	if rest, err := io.ReadAll(idleR); err != nil || len(rest) != 0 {
+		t.Errorf("the idle client after Close: %q, %v; want a clean end of stream", rest, err)
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}
