@@ -47,7 +47,7 @@ func run(args []string) int {
 	fs.IntVar(&o.CopyWorkers, "copy-workers", 0, "chunks copied at once, each on its own connection (1-4; default 2 on MySQL, 1 on PostgreSQL, whose walsender decodes the copy's rows meanwhile)")
 	fs.IntVar(&lockTimeout, "cut-over-lock-timeout-seconds", 3, "longest lock wait of one cut-over attempt")
 	fs.IntVar(&o.CutOverAttempts, "cut-over-attempts", 10, "cut-over attempts before giving up")
-	verifyFlag := fs.Bool("verify", true, "compare the new table with the original, chunk by chunk at one consistent point, before cut-over")
+	verifyFlag := fs.Bool("verify", true, "compare the new table with the original at one consistent point before cut-over (whole, then chunk by chunk if it differs), and copy differing chunks again")
 	fs.BoolVar(&o.IndexesDuringCopy, "indexes-during-copy", false, "MySQL: keep the new table's non-unique secondary indexes during the copy rather than build them after it (slower copy, but replicas never replay one long index build)")
 	fs.BoolVar(&o.DropOldTable, "drop-old-table", false, "drop the original table after cut-over instead of keeping it as _<table>_old")
 	fs.BoolVar(&o.InitiallyDropShadow, "initially-drop-shadow-table", false, "drop shadow and changelog tables left by an earlier run")
