@@ -287,7 +287,7 @@ func (e *Engine) buildIndex(ctx context.Context, d deferredIndex) error {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	if _, err := tx.Exec(ctx, d.sql(e.qt(e.names.shadow))); err != nil {
-		return e.explainIndexFailure(ctx, d, err)
+		return err
 	}
 	if x := e.origIndex(d.name); x != nil && x.comment != "" {
 		if _, err := tx.Exec(ctx, "COMMENT ON INDEX "+e.qt(d.name)+" IS "+lit(x.comment)); err != nil {
@@ -327,7 +327,7 @@ func (e *Engine) FinishShadow(ctx context.Context) error {
 	}
 	for _, d := range e.deferred {
 		if err := e.buildIndex(ctx, d); err != nil {
-			return err
+			return e.explainIndexFailure(ctx, d, err)
 		}
 	}
 	return nil

@@ -212,7 +212,12 @@ func (e *Engine) EndCopy(ctx context.Context) error {
 	if d := e.deferredKey; d != nil {
 		start := time.Now()
 		if err := e.buildIndex(ctx, *d); err != nil {
-			return fmt.Errorf("building the shadow table's key: %w", err)
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "23505" {
+				// The table's key is unique: only a row copied twice does this.
+				return fmt.Errorf("building the shadow table's key %s: %s; the copy wrote a row twice, which is a bug in osc: please report it", q(d.name), pgMessage(err))
+			}
+			return fmt.Errorf("building the shadow table's key %s: %w", q(d.name), err)
 		}
 		e.deferredKey = nil
 		e.log.Info("built the shadow table's key", zap.String("index", d.name), zap.Duration("took", time.Since(start)))
