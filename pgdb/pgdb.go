@@ -76,12 +76,6 @@ type Engine struct {
 	sql          *statements
 	prepared     map[string]string // the applier's prepared statements by text
 
-	// rowsPerBlock turns a copy chunk's rows into the table's blocks, and
-	// copyFilenode is the table's file when the copy began (see source.Max
-	// and EndCopy).
-	rowsPerBlock float64
-	copyFilenode uint32
-
 	reader *pgoutput.Reader
 	// snap is the copy's snapshot: the slot's, held open by a transaction
 	// of its own until the copy ends (see StartCapture and EndCopy).

@@ -327,9 +327,8 @@ func TestSnapshotCopyLocksNothingBetweenChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Chunks are ranges of blocks, sized from an estimate of rows per block.
-	if n, err := src.Copy(ctx, nil, end); err != nil || n == 0 || n >= 500 {
-		t.Fatalf("Copy: %d rows, %v; want one chunk's, not all 500", n, err)
+	if n, err := src.Copy(ctx, nil, end); err != nil || n != 100 {
+		t.Fatalf("Copy: %d rows, %v", n, err)
 	}
 	tx, err := c.db.Begin()
 	if err != nil {
@@ -411,34 +410,5 @@ func TestCopyWithoutSnapshot(t *testing.T) {
 	_, err := e.Source().Copy(context.Background(), nil, copier.Key{"10"})
 	if err == nil || !strings.Contains(err.Error(), "snapshot") {
 		t.Errorf("Copy without capture: %v", err)
-	}
-}
-
-// TestCopyNoticesARewrite: the copy holds no lock between chunks, so
-// someone's VACUUM FULL can rewrite the table mid-copy and move its rows
-// to other blocks; EndCopy must refuse to go on.
-func TestCopyNoticesARewrite(t *testing.T) {
-	c := startCapture(t, snapDDL, "INSERT INTO t SELECT g, 'v', g, 'b' FROM generate_series(1, 500) g", "ADD COLUMN z int", nil)
-	ctx := context.Background()
-	src := c.e.Source()
-	max, ok, err := src.Max(ctx)
-	if err != nil || !ok {
-		t.Fatalf("Max: %v %v", ok, err)
-	}
-	end, _, err := src.Boundary(ctx, nil, 100, max)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := src.Copy(ctx, nil, end); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.db.Exec("VACUUM FULL t"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := src.Copy(ctx, end, max); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.e.EndCopy(ctx); err == nil || !strings.Contains(err.Error(), "rewritten during the copy") {
-		t.Fatalf("EndCopy after a VACUUM FULL mid-copy: %v, want the rewrite named", err)
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -101,73 +99,51 @@ func (e *Engine) streamFailed() error {
 	return nil
 }
 
-// The copy's chunks are ranges of the table's blocks, read by TID range
-// scans, not ranges of its key: a key range is read through the key's
-// index, in the key's order, which on a table whose rows are not stored in
-// that order visits the heap at random (1M pgbench rows stored in random
-// order, in memory: 2.6 s by key ranges, 0.9-1.1 s by block ranges; 10%
-// apart when stored in key order), and finding each chunk's end walks the
-// index once more. The snapshot fixes where each row it sees is
-// stored: vacuum removes no version the snapshot sees, so every such row
-// is in a block that exists when Max reads the table's size, in exactly
-// one chunk. Keys are block numbers, as text.
-
-// Max is the table's last block, read after the snapshot was taken; ok is
-// false when the table has no block. It also takes the rows per block
-// from the statistics, to turn a chunk's rows into blocks.
+// Max is the highest key in the copy's snapshot: rows inserted after it
+// are in the stream.
 func (s *source) Max(ctx context.Context) (copier.Key, bool, error) {
-	var blocks int64
-	var perBlock float64
-	err := s.pool.QueryRow(ctx, `SELECT pg_relation_size(c.oid) / current_setting('block_size')::int8,
-			CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 0 END,
-			pg_relation_filenode(c.oid)
-		FROM pg_class c WHERE c.oid = $1`, s.src.oid).Scan(&blocks, &perBlock, &s.copyFilenode)
-	if err != nil {
-		return nil, false, fmt.Errorf("reading the table's size: %w", err)
-	}
-	// Never analyzed: chunks adapt to their time target anyway.
-	s.rowsPerBlock = perBlock
-	if s.rowsPerBlock <= 0 {
-		s.rowsPerBlock = 50
-	}
-	if blocks == 0 {
+	st := s.sql
+	var k copier.Key
+	err := (*Engine)(s).inSnapshot(ctx, true, func(br pgx.BatchResults) (err error) {
+		k, err = scanKey(br.QueryRow(), len(st.keyCols))
+		return err
+	}, "SELECT "+st.keyText()+" FROM ONLY "+st.src+" ORDER BY "+st.keyOrder(true)+" LIMIT 1")
+	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, false, nil
 	}
-	return copier.Key{strconv.FormatInt(blocks-1, 10)}, true, nil
+	return k, err == nil, err
 }
 
-// block is a chunk bound's block number; a nil bound is before block 0.
-func block(k copier.Key) (int64, error) {
-	if k == nil {
-		return -1, nil
-	}
-	return strconv.ParseInt(k[0].(string), 10, 64)
-}
-
-// Boundary is the last block of the chunk after `after` that holds about
-// size rows, capped at max.
-func (s *source) Boundary(ctx context.Context, after copier.Key, size int, last copier.Key) (copier.Key, bool, error) {
+// Boundary finds a chunk's end in the copy's snapshot, in a transaction of
+// its own: one transaction for the whole copy would hold the table's
+// ACCESS SHARE lock, and then DDL by others, and everything queued behind
+// it, would wait for the copy. It scans size entries of the key's index
+// (an index-only scan on a vacuumed table), far less than a chunk's copy,
+// so one goroutine keeps several copy workers busy.
+func (s *source) Boundary(ctx context.Context, after copier.Key, size int, max copier.Key) (copier.Key, bool, error) {
 	if err := (*Engine)(s).streamFailed(); err != nil {
 		return nil, false, err
 	}
-	a, err := block(after)
+	st := s.sql
+	where := st.rangeWhere(st.keyList(), after != nil, true)
+	args := append(keyArgs(after, max), size-1)
+	var k copier.Key
+	err := (*Engine)(s).inSnapshot(ctx, true, func(br pgx.BatchResults) (err error) {
+		k, err = scanKey(br.QueryRow(), len(st.keyCols))
+		return err
+	}, fmt.Sprintf("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT 1 OFFSET $%d",
+		st.keyText(), st.src, where, st.keyOrder(false), len(args)), args...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return max, true, nil
+	}
 	if err != nil {
 		return nil, false, err
 	}
-	m, err := block(last)
-	if err != nil {
-		return nil, false, err
-	}
-	end := a + max(1, int64(math.Ceil(float64(size)/s.rowsPerBlock)))
-	if end >= m {
-		return last, true, nil
-	}
-	return copier.Key{strconv.FormatInt(end, 10)}, false, nil
+	return k, false, nil
 }
 
-// Copy copies the chunk's blocks, after < block <= end, as the copy's
-// snapshot sees them, in a transaction of its own on a pool connection;
-// chunks may be copied concurrently. The
+// Copy copies a chunk as the copy's snapshot sees it, in a transaction of
+// its own on a pool connection; chunks may be copied concurrently. The
 // applier is held until the copy ends, so nothing else writes to the
 // shadow meanwhile and no row of the chunk can be there already: no lock
 // on the table's rows, no conflict handling (the shadow has no index yet,
@@ -176,19 +152,11 @@ func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error)
 	if err := (*Engine)(s).streamFailed(); err != nil {
 		return 0, err
 	}
-	a, err := block(after)
-	if err != nil {
-		return 0, err
-	}
-	e, err := block(end)
-	if err != nil || end == nil {
-		return 0, fmt.Errorf("a chunk without an end block (%v): %w", end, err)
-	}
 	var tag pgconn.CommandTag
-	err = (*Engine)(s).inSnapshot(ctx, false, func(br pgx.BatchResults) (err error) {
+	err := (*Engine)(s).inSnapshot(ctx, false, func(br pgx.BatchResults) (err error) {
 		tag, err = br.Exec()
 		return err
-	}, s.sql.copyBlocks(), tid(a+1), tid(e+1))
+	}, s.sql.copyRange(after != nil, end != nil), keyArgs(after, end)...)
 	if err != nil {
 		// A column dropped or retyped by someone else's DDL breaks the
 		// copy: say so rather than quote the server's error.
@@ -199,9 +167,6 @@ func (s *source) Copy(ctx context.Context, after, end copier.Key) (int64, error)
 	}
 	return tag.RowsAffected(), nil
 }
-
-// tid is the first row position of block b.
-func tid(b int64) string { return "(" + strconv.FormatInt(b, 10) + ",0)" }
 
 // copyErr says what a row that breaks the shadow's constraints means.
 func copyErr(err error) error {
@@ -238,22 +203,11 @@ func (e *Engine) Restore(context.Context) (int, error) { return 0, nil }
 // the copy is done (docs/postgresql.md).
 func (e *Engine) SnapshotCopy() bool { return true }
 
-// EndCopy releases the copy's snapshot, which holds back vacuum, checks
-// that the table was not rewritten during the copy, and builds the
-// shadow's key, which the applier needs, before it starts.
+// EndCopy releases the copy's snapshot, which holds back vacuum, and
+// builds the shadow's key, which the applier needs, before it starts.
 func (e *Engine) EndCopy(ctx context.Context) error {
 	if held, ok := e.snap.release(context.WithoutCancel(ctx)); ok {
 		e.log.Info("copy done; released its snapshot", zap.Duration("held", held))
-	}
-	// A rewrite between chunks (VACUUM FULL, CLUSTER: the copy holds no
-	// lock between chunks) moves rows to other blocks, so the chunks
-	// before and after it would miss or repeat rows.
-	var filenode uint32
-	if err := e.pool.QueryRow(ctx, "SELECT pg_relation_filenode($1)", e.src.oid).Scan(&filenode); err != nil {
-		return fmt.Errorf("checking the table after the copy: %w", err)
-	}
-	if e.copyFilenode != 0 && filenode != e.copyFilenode {
-		return fmt.Errorf("the table was rewritten during the copy (VACUUM FULL, CLUSTER or a rewriting ALTER TABLE by someone else), which moves its rows between the blocks osc copies by; rerun osc when nothing else rewrites the table")
 	}
 	if d := e.deferredKey; d != nil {
 		start := time.Now()
