@@ -3,6 +3,7 @@ package mysqldb
 import (
 	"database/sql"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -128,6 +129,33 @@ func TestPlainKeyName(t *testing.T) {
 		name, ok := plainKeyName(c.line)
 		if name != c.name || ok != c.ok {
 			t.Errorf("plainKeyName(%q) = %q, %v; want %q, %v", c.line, name, ok, c.name, c.ok)
+		}
+	}
+}
+
+// sameValue decides which columns an update changed: a change it missed
+// would not reach the shadow.
+func TestSameValue(t *testing.T) {
+	negZero := math.Copysign(0, -1)
+	for _, tc := range []struct {
+		a, b any
+		same bool
+	}{
+		{int64(1), int64(1), true},
+		{int64(1), int64(2), false},
+		{nil, nil, true},
+		{nil, int64(0), false},
+		{"a", "a", true},
+		{"a", []byte("a"), false},
+		{[]byte("a"), []byte("a"), true},
+		{[]byte("a"), []byte("A"), false},
+		{[]byte{}, nil, false},
+		{0.0, negZero, false},
+		{float32(0), float32(negZero), false},
+		{1.5, 1.5, true},
+	} {
+		if got := sameValue(tc.a, tc.b); got != tc.same {
+			t.Errorf("sameValue(%#v, %#v) = %v, want %v", tc.a, tc.b, got, tc.same)
 		}
 	}
 }

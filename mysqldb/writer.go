@@ -194,7 +194,7 @@ func (w *writer) apply(ctx context.Context, tx *sql.Tx, changes []replication.Ch
 				continue
 			}
 			j := w.collectUpdates(&run, changes, i)
-			if err := w.updateRows(ctx, tx, changes[i:j], run.latest); err != nil {
+			if err := w.updateRows(ctx, tx, changes[i:j], run.latest, w.changedSets(changes[i:j])); err != nil {
 				return err
 			}
 			i = j
@@ -314,6 +314,7 @@ func (w *writer) applySegment(ctx context.Context, tx *sql.Tx, seg []replication
 			return err
 		}
 	}
+	sets := w.changedSets(seg)
 	for latest := s.upd.latest; len(latest) > 0; {
 		n, size := 0, 0
 		for n < len(latest) && n < w.updateMax {
@@ -322,7 +323,7 @@ func (w *writer) applySegment(ctx context.Context, tx *sql.Tx, seg []replication
 			}
 			n++
 		}
-		if err := w.updateRows(ctx, tx, seg, latest[:n]); err != nil {
+		if err := w.updateRows(ctx, tx, seg, latest[:n], sets); err != nil {
 			return err
 		}
 		latest = latest[n:]
@@ -454,14 +455,17 @@ func rowBytes(row []any) int {
 // another unique index fails the statement alone (strict mode); they are
 // then applied one at a time, in order, which resolves conflicts by
 // displacement as an update always did.
-func (w *writer) updateRows(ctx context.Context, tx *sql.Tx, changes []replication.Change, latest []int) error {
+func (w *writer) updateRows(ctx context.Context, tx *sql.Tx, changes []replication.Change, latest []int, sets []setColumn) error {
 	if len(w.sets) == 0 {
 		return nil // only key columns are copied: the rows stay as they are
 	}
 	if len(latest) == 1 {
 		return w.update(ctx, tx, changes[latest[0]])
 	}
-	query, args := w.updateStatement(changes, latest)
+	if len(sets) == 0 {
+		return nil
+	}
+	query, args := w.updateStatement(changes, latest, sets)
 	_, err := tx.ExecContext(ctx, query, args...)
 	if isDuplicate(err) {
 		for _, p := range latest {
@@ -479,12 +483,12 @@ func (w *writer) updateRows(ctx context.Context, tx *sql.Tx, changes []replicati
 
 // updateStatement renders the UPDATE of the rows run[latest[...]]: each
 // column set by a CASE over the key, the rows picked by their keys.
-func (w *writer) updateStatement(run []replication.Change, latest []int) (string, []any) {
+func (w *writer) updateStatement(run []replication.Change, latest []int, sets []setColumn) (string, []any) {
 	var b strings.Builder
-	b.Grow(len(w.updateHead) + len(latest)*(len(w.sets)+1)*(len(w.keyEq)+32))
-	args := make([]any, 0, len(latest)*(len(w.sets)+1)*(len(w.keyIdx)+1))
+	b.Grow(len(w.updateHead) + len(latest)*(len(sets)+1)*(len(w.keyEq)+32))
+	args := make([]any, 0, len(latest)*(len(sets)+1)*(len(w.keyIdx)+1))
 	b.WriteString(w.updateHead)
-	for n, col := range w.sets {
+	for n, col := range sets {
 		if n > 0 {
 			b.WriteString(", ")
 		}
@@ -534,6 +538,39 @@ func (w *writer) updateStatement(run []replication.Change, latest []int) (string
 	return b.String(), args
 }
 
+// changedSets is the columns outside the key that an update among changes
+// (those that keep their keys) changes. A multi-row UPDATE sets only
+// those: every change is applied in stream order from a state of the row
+// the source had, so a column that none of them changes already holds its
+// value. Setting it anyway costs the server a CASE over the statement's
+// rows for each row: on the benchmark's table, 50,000 updates of k in
+// statements of 200 rows took 1.35 s setting every column, 0.75 s setting k.
+func (w *writer) changedSets(changes []replication.Change) []setColumn {
+	changed := make([]bool, len(w.sets))
+	n := 0
+	for _, c := range changes {
+		if c.Op != replication.Update || w.keyChanged(c) {
+			continue
+		}
+		for i, col := range w.sets {
+			if !changed[i] && !sameValue(c.Before[col.idx], c.After[col.idx]) {
+				changed[i] = true
+				n++
+			}
+		}
+		if n == len(w.sets) {
+			return w.sets
+		}
+	}
+	out := make([]setColumn, 0, n)
+	for i, col := range w.sets {
+		if changed[i] {
+			out = append(out, col)
+		}
+	}
+	return out
+}
+
 func (w *writer) appendKey(args []any, row []any) []any {
 	for _, i := range w.keyIdx {
 		args = append(args, row[i])
@@ -579,11 +616,19 @@ func (w *writer) keyChanged(c replication.Change) bool {
 	return false
 }
 
+// sameValue reports whether two values of a row image are the same
+// value, bit for bit: -0 and 0 are different floats to the server.
 func sameValue(a, b any) bool {
-	ab, aok := a.([]byte)
-	bb, bok := b.([]byte)
-	if aok || bok {
-		return aok && bok && bytes.Equal(ab, bb)
+	switch x := a.(type) {
+	case []byte:
+		y, ok := b.([]byte)
+		return ok && bytes.Equal(x, y)
+	case float64:
+		y, ok := b.(float64)
+		return ok && math.Float64bits(x) == math.Float64bits(y)
+	case float32:
+		y, ok := b.(float32)
+		return ok && math.Float32bits(x) == math.Float32bits(y)
 	}
 	return a == b
 }
