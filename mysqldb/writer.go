@@ -194,7 +194,7 @@ func (w *writer) apply(ctx context.Context, tx *sql.Tx, changes []replication.Ch
 				continue
 			}
 			j := w.collectUpdates(&run, changes, i)
-			if err := w.updateRows(ctx, tx, changes[i:j], run.latest, w.changedSets(changes[i:j])); err != nil {
+			if err := w.updateRows(ctx, tx, changes[i:j], run.latest, w.sets); err != nil {
 				return err
 			}
 			i = j
@@ -451,7 +451,8 @@ func rowBytes(row []any) int {
 }
 
 // updateRows applies the updates changes[latest[...]], which keep their
-// keys and have distinct keys, as one multi-row UPDATE. A duplicate on
+// keys and have distinct keys, as one multi-row UPDATE of the columns
+// sets. A duplicate on
 // another unique index fails the statement alone (strict mode); they are
 // then applied one at a time, in order, which resolves conflicts by
 // displacement as an update always did.
@@ -539,12 +540,15 @@ func (w *writer) updateStatement(run []replication.Change, latest []int, sets []
 }
 
 // changedSets is the columns outside the key that an update among changes
-// (those that keep their keys) changes. A multi-row UPDATE sets only
-// those: every change is applied in stream order from a state of the row
-// the source had, so a column that none of them changes already holds its
-// value. Setting it anyway costs the server a CASE over the statement's
-// rows for each row: on the benchmark's table, 50,000 updates of k in
-// statements of 200 rows took 1.35 s setting every column, 0.75 s setting k.
+// (those that keep their keys) changes; a segment's multi-row UPDATEs set
+// only those. Setting the others costs the server a CASE over the
+// statement's rows for each row: on the benchmark's table, 50,000 updates
+// of k in statements of 200 rows took 1.35 s setting every column, 0.75 s
+// setting k. A row the copy brought in a newer state than the update's
+// then holds a mix of states until the applier passes the copy's read
+// (docs/correctness.md, section 3), which only segments can afford: there
+// the chunking key is the only unique index, so no mix can collide. Runs
+// in stream order set every column.
 func (w *writer) changedSets(changes []replication.Change) []setColumn {
 	changed := make([]bool, len(w.sets))
 	n := 0
