@@ -541,7 +541,7 @@ are the baseline that later work on osc is measured against.
 ## How to run
 
 ` + "```sh" + `
-bash localtests/bench/bench.sh             # default run: about 8 minutes on 2 cores (8 min 10 s measured with --memory)
+bash localtests/bench/bench.sh             # default run: about 8 minutes on 2 cores (10 min 20 s measured with --memory)
 bash localtests/bench/bench.sh --quick     # smoke run, about 2 minutes: 100k rows, pgbench -s 1, 2 reps
 bash localtests/bench/bench.sh --memory    # the default plus osc's peak RSS on a 5x MariaDB table (one idle run)
 bash localtests/bench/bench.sh --only postgres --pg-scales 10 --reps 5
