@@ -58,7 +58,7 @@ func main() {
 	var c config
 	var pgScales, envFile string
 	flag.Int64Var(&c.rows, "rows", 1000000, "MariaDB: rows of the sysbench-shaped table")
-	flag.StringVar(&pgScales, "pg-scales", "", "PostgreSQL: pgbench scale factors, comma separated; the load and the applier run at the first, the others idle only (default 10,50; --quick: 1)")
+	flag.StringVar(&pgScales, "pg-scales", "", "PostgreSQL: pgbench scale factors, comma separated; each idle and under load, the applier at the first only (default 10,50; --quick: 1)")
 	flag.IntVar(&c.reps, "reps", 3, "repetitions of each contender per condition (interleaved)")
 	flag.StringVar(&c.only, "only", "", "run only mariadb or postgres")
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: 100k MariaDB rows, pgbench -s 1, 2 reps, 20k-row apply bursts")

@@ -77,9 +77,8 @@ func setupPostgres(ctx context.Context, c *config, env map[string]string, rep *r
 		size := fmt.Sprintf("s%d", scale)
 		t := &target{Name: fmt.Sprintf("PostgreSQL, pgbench -s %d (%s rows)", scale, commas(rows)), DB: "postgres", Size: size,
 			Rows: rows, dial: pgDialect, serverCPU: serverCPU, close: func() {}}
-		// The load and the applier are measured at the first (smallest)
-		// scale; the larger ones are idle runs for rows/s and memory.
-		t.loaded, t.applyBench = i == 0, i == 0
+		// The applier is measured at the first (smallest) scale only.
+		t.loaded, t.applyBench = true, i == 0
 		t.prepare = func(ctx context.Context, seq int) (*instance, error) {
 			return pgInstance(ctx, admin, src, fmt.Sprintf("bench_%s_%d", size, seq), dsn)
 		}

@@ -562,8 +562,8 @@ renders them again without measuring.
 What the default run measures: MariaDB with 1,000,000 rows (` + "`--rows`" + `), the
 three contenders idle and under load, 3 runs each (` + "`--reps`" + `), then the
 applier; PostgreSQL at ` + "`pgbench -s 10`" + ` the same (two contenders), then the
-applier, and at ` + "`-s 50`" + ` idle only (rows/s and osc's memory at 5M rows; the
-` + "`--pg-scales`" + ` after the first are idle only). The MariaDB 5M-row memory point
+applier, and at ` + "`-s 50`" + ` idle and under load again (the applier is measured
+at the first of ` + "`--pg-scales`" + ` only). The MariaDB 5M-row memory point
 is behind ` + "`--memory`" + ` (loading and migrating 5M rows costs about 3 more
 minutes).
 
