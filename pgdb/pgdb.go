@@ -76,6 +76,12 @@ type Engine struct {
 	sql          *statements
 	prepared     map[string]string // the applier's prepared statements by text
 
+	// rowsPerBlock sizes the window a copy chunk's end is looked for in,
+	// and copyFilenode is the table's file when the copy began (see
+	// source.Max, source.Boundary and EndCopy).
+	rowsPerBlock float64
+	copyFilenode uint32
+
 	reader *pgoutput.Reader
 	// snap is the copy's snapshot: the slot's, held open by a transaction
 	// of its own until the copy ends (see StartCapture and EndCopy).

@@ -412,3 +412,81 @@ func TestCopyWithoutSnapshot(t *testing.T) {
 		t.Errorf("Copy without capture: %v", err)
 	}
 }
+
+// TestCopyNoticesARewrite: the copy holds no lock between chunks, so
+// someone's VACUUM FULL can rewrite the table mid-copy and move its rows
+// to other blocks; EndCopy must refuse to go on.
+func TestCopyNoticesARewrite(t *testing.T) {
+	c := startCapture(t, snapDDL, "INSERT INTO t SELECT g, 'v', g, 'b' FROM generate_series(1, 500) g", "ADD COLUMN z int", nil)
+	ctx := context.Background()
+	src := c.e.Source()
+	max, ok, err := src.Max(ctx)
+	if err != nil || !ok {
+		t.Fatalf("Max: %v %v", ok, err)
+	}
+	end, _, err := src.Boundary(ctx, nil, 100, max)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Copy(ctx, nil, end); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.db.Exec("VACUUM FULL t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Copy(ctx, end, max); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.e.EndCopy(ctx); err == nil || !strings.Contains(err.Error(), "rewritten during the copy") {
+		t.Fatalf("EndCopy after a VACUUM FULL mid-copy: %v, want the rewrite named", err)
+	}
+}
+
+// TestCopyChunksHoldTheirSize: chunks are ranges of row positions, yet
+// each holds exactly its size in rows of the snapshot, on a table whose
+// rows are stored out of key order, between dead rows and behind newer
+// versions the snapshot does not see; together they hold the table.
+func TestCopyChunksHoldTheirSize(t *testing.T) {
+	fill := "INSERT INTO t SELECT g, 'v', g, 'b' FROM generate_series(1, 600) g ORDER BY random();" +
+		"DELETE FROM t WHERE id % 3 = 0;" +
+		"UPDATE t SET n = -n WHERE id % 5 = 0"
+	c := startCapture(t, snapDDL, fill, "ADD COLUMN z int", nil)
+	want := c.inSnapshot(t, c.e.snap.current(), digest("t"))
+	if _, err := c.db.Exec("UPDATE t SET v = 'after' WHERE id % 7 = 0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	src := c.e.Source()
+	last, ok, err := src.Max(ctx)
+	if err != nil || !ok {
+		t.Fatalf("Max: %v %v", ok, err)
+	}
+	var after copier.Key
+	var sizes []int64
+	for done := false; !done; {
+		var end copier.Key
+		end, done, err = src.Boundary(ctx, after, 7, last)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := src.Copy(ctx, after, end)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, n)
+		after = end
+	}
+	var total int64
+	for i, n := range sizes {
+		total += n
+		if n != 7 && (i < len(sizes)-2 || n > 7) {
+			t.Fatalf("chunk %d of %d holds %d rows, want 7: %v", i, len(sizes), n, sizes)
+		}
+	}
+	if total != 400 {
+		t.Errorf("the chunks hold %d rows, want 400", total)
+	}
+	if got := c.one(t, digest(c.e.qt(c.e.names.shadow))); got != want {
+		t.Errorf("the shadow after the copy is not the table as of the snapshot:\n got %s\nwant %s", got, want)
+	}
+}

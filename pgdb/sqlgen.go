@@ -114,12 +114,19 @@ func (s *statements) rangeWhere(keys string, hasAfter, hasEnd bool) string {
 	return strings.Join(conds, " AND ")
 }
 
-// copyRange copies a key range into the shadow as the transaction's
-// snapshot sees it: the copy runs in the slot's exported snapshot while
-// the applier is held, so the shadow has no row of the range yet and no
-// change to the table since the snapshot may be applied before it. No
-// row locks (FOR SHARE would write every row's xmax, dirtying every page
-// of the table) and no ON CONFLICT.
+// copyPositions copies the rows at positions $1 < ctid <= $2 (a TID
+// range scan) into the shadow as the transaction's snapshot sees them: the
+// copy runs in the slot's exported snapshot while the applier is held, so
+// the shadow has no row of the range yet and no change to the table since
+// the snapshot may be applied before it. No row locks (FOR SHARE would
+// write every row's xmax, dirtying every page of the table) and no ON
+// CONFLICT.
+func (s *statements) copyPositions() string {
+	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
+		" FROM ONLY " + s.src + " WHERE ctid > $1::text::tid AND ctid <= $2::text::tid"
+}
+
+// copyRange copies a key range into the shadow: see repairRange.
 func (s *statements) copyRange(hasAfter, hasEnd bool) string {
 	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
 		" FROM ONLY " + s.src + " WHERE " + s.rangeWhere(s.keyList(), hasAfter, hasEnd)

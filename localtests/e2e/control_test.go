@@ -768,7 +768,11 @@ func TestThrottleCriticalLoad(t *testing.T) {
 // status forms, errors, settings, and abort.
 func TestControlSocket(t *testing.T) {
 	ctlBoth(t, func(t *testing.T, e *ctlEnv) {
-		e.createTable(ctlRows)
+		// Chunks grow up to doubling per chunk under chunk-time below, and
+		// take milliseconds: the copy must outlast the few the test
+		// watches.
+		rows := 10 * ctlRows
+		e.createTable(rows)
 		flag := filepath.Join(t.TempDir(), "throttle")
 		ctlFlag(t, flag, true)
 		o := e.options()
@@ -841,7 +845,7 @@ func TestControlSocket(t *testing.T) {
 		x = r.settled("rows_copied after pause", 300*time.Millisecond, ctlCopied)
 		s = r.status()
 		if _, err := time.ParseDuration(s.ETA); err != nil || s.RowsCopied != x || s.Percent <= 0 || s.Percent >= 100 ||
-			s.RowsPerSecond <= 0 || s.RowsEstimate < ctlRows*9/10 || s.State != "copying" {
+			s.RowsPerSecond <= 0 || s.RowsEstimate < int64(rows)*9/10 || s.State != "copying" {
 			t.Errorf("status json in the middle of the copy: %+v", s)
 		}
 
@@ -849,11 +853,11 @@ func TestControlSocket(t *testing.T) {
 		// not in the shadow, until resume-all.
 		r.expect("pause-all", "OK\n")
 		ev := r.settled("events_applied after pause-all", 500*time.Millisecond, ctlApplied)
-		newRows := "SELECT count(*) FROM " + ctlShadow + " WHERE id > " + strconv.Itoa(ctlRows)
+		newRows := "SELECT count(*) FROM " + ctlShadow + " WHERE id > " + strconv.Itoa(rows)
 		if e.pg {
-			e.exec(fmt.Sprintf("INSERT INTO t SELECT i, 1, 'new' FROM generate_series(%d, %d) i", ctlRows+1, ctlRows+40))
+			e.exec(fmt.Sprintf("INSERT INTO t SELECT i, 1, 'new' FROM generate_series(%d, %d) i", rows+1, rows+40))
 		} else {
-			e.exec(fmt.Sprintf("INSERT INTO t SELECT seq, 1, 'new' FROM seq_%d_to_%d", ctlRows+1, ctlRows+40))
+			e.exec(fmt.Sprintf("INSERT INTO t SELECT seq, 1, 'new' FROM seq_%d_to_%d", rows+1, rows+40))
 		}
 		s = r.holds("nothing applied while paused", time.Second, func(s status.Snapshot) bool {
 			return s.EventsApplied == ev && s.RowsCopied == x
