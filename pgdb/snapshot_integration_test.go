@@ -437,7 +437,7 @@ func TestCopyNoticesARewrite(t *testing.T) {
 	if _, err := src.Copy(ctx, end, max); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.e.EndCopy(ctx); err == nil || !strings.Contains(err.Error(), "rewritten during the copy") {
+	if err := c.e.EndCopy(ctx); err == nil || !strings.Contains(err.Error(), "file was replaced during the copy") {
 		t.Fatalf("EndCopy after a VACUUM FULL mid-copy: %v, want the rewrite named", err)
 	}
 }

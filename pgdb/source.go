@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/osc-dev/osc/copier"
+	"github.com/osc-dev/osc/replication/pgoutput"
 	"github.com/osc-dev/osc/verify"
 )
 
@@ -274,15 +275,19 @@ func (e *Engine) EndCopy(ctx context.Context) error {
 	if held, ok := e.snap.release(context.WithoutCancel(ctx)); ok {
 		e.log.Info("copy done; released its snapshot", zap.Duration("held", held))
 	}
-	// A rewrite between chunks (VACUUM FULL, CLUSTER: the copy holds no
-	// lock between chunks) moves rows to other positions, so the chunks
-	// before and after it would miss or repeat rows.
+	// A TRUNCATE or a rewrite between chunks (VACUUM FULL, CLUSTER: the
+	// copy holds no lock between chunks) replaces the table's file, so the
+	// chunks before and after it would miss or repeat rows.
 	var filenode uint32
 	if err := e.pool.QueryRow(ctx, "SELECT pg_relation_filenode($1)", e.src.oid).Scan(&filenode); err != nil {
 		return fmt.Errorf("checking the table after the copy: %w", err)
 	}
 	if e.copyFilenode != 0 && filenode != e.copyFilenode {
-		return fmt.Errorf("the table was rewritten during the copy (VACUUM FULL, CLUSTER or a rewriting ALTER TABLE by someone else), which moves its rows away from the positions osc copies them by; nothing was swapped, and osc removes what it created: rerun osc when nothing else rewrites the table")
+		// A TRUNCATE the stream has already reported says it best.
+		if err := e.streamFailed(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: the table's file was replaced during the copy (TRUNCATE, VACUUM FULL, CLUSTER or an ALTER TABLE that rewrites it, by someone else), which moves its rows away from the positions osc copies them by; rerun osc when nothing else truncates or rewrites the table", pgoutput.ErrTableChanged)
 	}
 	if d := e.deferredKey; d != nil {
 		start := time.Now()
