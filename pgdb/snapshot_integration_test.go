@@ -316,19 +316,9 @@ func TestSnapshotReleased(t *testing.T) {
 // copy keeps a lock on the table between chunks, so DDL by others (and the
 // application queued behind it) never waits for the whole copy.
 func TestSnapshotCopyLocksNothingBetweenChunks(t *testing.T) {
-	c := startCapture(t, snapDDL, "INSERT INTO t SELECT g, 'v', g, 'b' FROM generate_series(1, 500) g", "ADD COLUMN z int", nil)
-	ctx := context.Background()
-	src := c.e.Source()
-	max, ok, err := src.Max(ctx)
-	if err != nil || !ok {
-		t.Fatalf("Max: %v %v", ok, err)
-	}
-	end, _, err := src.Boundary(ctx, nil, 100, max)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, err := src.Copy(ctx, nil, end); err != nil || n != 100 {
-		t.Fatalf("Copy: %d rows, %v", n, err)
+	c, _, _, n := firstChunk(t)
+	if n != 100 {
+		t.Fatalf("Copy: %d rows", n)
 	}
 	tx, err := c.db.Begin()
 	if err != nil {
@@ -338,6 +328,27 @@ func TestSnapshotCopyLocksNothingBetweenChunks(t *testing.T) {
 	if _, err := tx.Exec("LOCK TABLE t IN ACCESS EXCLUSIVE MODE NOWAIT"); err != nil {
 		t.Fatalf("the table is locked between chunks: %v", err)
 	}
+}
+
+// firstChunk captures a table of 500 rows and copies its first chunk of
+// 100 rows: it returns the chunk's end, the copy's end and the rows
+// copied.
+func firstChunk(t *testing.T) (c *capturing, end, last copier.Key, n int64) {
+	t.Helper()
+	c = startCapture(t, snapDDL, "INSERT INTO t SELECT g, 'v', g, 'b' FROM generate_series(1, 500) g", "ADD COLUMN z int", nil)
+	ctx := context.Background()
+	src := c.e.Source()
+	last, ok, err := src.Max(ctx)
+	if err != nil || !ok {
+		t.Fatalf("Max: %v %v", ok, err)
+	}
+	if end, _, err = src.Boundary(ctx, nil, 100, last); err != nil {
+		t.Fatal(err)
+	}
+	if n, err = src.Copy(ctx, nil, end); err != nil {
+		t.Fatalf("Copy: %v", err)
+	}
+	return c, end, last, n
 }
 
 // TestStreamFailureStopsTheCopy: the applier is held during the copy, so
@@ -415,26 +426,14 @@ func TestCopyWithoutSnapshot(t *testing.T) {
 
 // TestCopyNoticesARewrite: the copy holds no lock between chunks, so
 // someone's VACUUM FULL can rewrite the table mid-copy and move its rows
-// to other blocks; EndCopy must refuse to go on.
+// to other positions; EndCopy must refuse to go on.
 func TestCopyNoticesARewrite(t *testing.T) {
-	c := startCapture(t, snapDDL, "INSERT INTO t SELECT g, 'v', g, 'b' FROM generate_series(1, 500) g", "ADD COLUMN z int", nil)
+	c, end, last, _ := firstChunk(t)
 	ctx := context.Background()
-	src := c.e.Source()
-	max, ok, err := src.Max(ctx)
-	if err != nil || !ok {
-		t.Fatalf("Max: %v %v", ok, err)
-	}
-	end, _, err := src.Boundary(ctx, nil, 100, max)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := src.Copy(ctx, nil, end); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := c.db.Exec("VACUUM FULL t"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := src.Copy(ctx, end, max); err != nil {
+	if _, err := c.e.Source().Copy(ctx, end, last); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.e.EndCopy(ctx); err == nil || !strings.Contains(err.Error(), "file was replaced during the copy") {
