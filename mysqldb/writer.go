@@ -314,7 +314,10 @@ func (w *writer) applySegment(ctx context.Context, tx *sql.Tx, seg []replication
 			return err
 		}
 	}
-	sets := w.changedSets(seg)
+	var sets []setColumn
+	if len(s.upd.latest) > 0 {
+		sets = w.changedSets(seg)
+	}
 	for latest := s.upd.latest; len(latest) > 0; {
 		n, size := 0, 0
 		for n < len(latest) && n < w.updateMax {

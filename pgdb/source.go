@@ -185,13 +185,12 @@ func (s *source) Boundary(ctx context.Context, after copier.Key, size int, last 
 	if err != nil {
 		return nil, false, err
 	}
-	query := "SELECT ctid::text FROM ONLY " + s.sql.src + " WHERE ctid > $1::text::tid AND ctid < $2::text::tid LIMIT 1 OFFSET $3"
 	for window := max(1, int64(math.Ceil(2*float64(size)/s.rowsPerBlock))); ; window *= 2 {
 		past := first + window + 1
 		var k string
 		err := (*Engine)(s).inSnapshot(ctx, true, func(br pgx.BatchResults) error {
 			return br.QueryRow().Scan(&k)
-		}, query, from, tidText(past, 0), size-1)
+		}, s.sql.chunkEnd(), from, tidText(past, 0), size-1)
 		switch {
 		case err == nil:
 			return copier.Key{k}, false, nil

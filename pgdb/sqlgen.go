@@ -126,6 +126,12 @@ func (s *statements) copyPositions() string {
 		" FROM ONLY " + s.src + " WHERE ctid > $1::text::tid AND ctid <= $2::text::tid"
 }
 
+// chunkEnd is the position of the row $3 rows past position $1, among
+// the rows before position $2 (a TID range scan; see source.Boundary).
+func (s *statements) chunkEnd() string {
+	return "SELECT ctid::text FROM ONLY " + s.src + " WHERE ctid > $1::text::tid AND ctid < $2::text::tid LIMIT 1 OFFSET $3"
+}
+
 // copyRange copies a key range into the shadow: see repairRange.
 func (s *statements) copyRange(hasAfter, hasEnd bool) string {
 	return "INSERT INTO " + s.shadow + " (" + s.targets + ") OVERRIDING SYSTEM VALUE SELECT " + s.exprs +
